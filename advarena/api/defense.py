@@ -1,0 +1,175 @@
+"""The Defense contract.
+
+A defense says how a model is trained and what stands in front of it at inference, through a few
+optional hooks that the shared trainer calls (so every defense's cost is measured the same way):
+
+==================  ===========================================================================
+hook                used by, for example
+==================  ===========================================================================
+``activation``      ``brelu``: every swappable ReLU becomes another activation
+``augment``         ``gda``: the training set is replaced once before training (N+1 copies)
+``targets``         ``label-smoothing``: soft targets for the cross-entropy
+``loss``            ``fgsm-at``, ``pgd-at``, ``e2sad``: the training loss of one batch
+``regularizer``     ``vat``, ``deep-defense``: a term added to whatever loss is in force
+``after_step``      ``parseval``: a projection after each optimiser step
+``input_transform`` ``feature-squeezing``, ``aec``: a module placed in front of the classifier
+``fit``             ``distillation``, ``rad``: several stages, each a call of ``session.train``
+==================  ===========================================================================
+
+``needs_reference = True`` makes the trainer start from the trained undefended (``none``) model
+of the same dataset, architecture and seed, for defenses that fine-tune (``deep-defense``).
+
+Defenses compose (:class:`Composite`): ``gda-brelu`` is ``gda`` with ``brelu``, and a user may ask
+for ``deep-defense+fgsm-at``. Hooks of the parts are chained; at most one part may override
+``loss``, ``activation``, ``input_transform`` or ``fit``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import ParameterError
+from ..models import ActivationFactory, InputTransform
+from ..params import Plugin
+from .data import DatasetInfo, TensorData
+
+if TYPE_CHECKING:
+    from ..trainer import StepContext, TrainingSession
+
+
+class Defense(Plugin):
+    """Base class of defense plugins. Every hook is optional; the defaults train plainly."""
+
+    kind: ClassVar[str] = "training"
+    needs_reference: ClassVar[bool] = False
+
+    def parts(self) -> list["Defense"]:
+        """The atomic defenses this one is made of (itself, unless a composition)."""
+        return [self]
+
+    def activation(self, info: DatasetInfo) -> ActivationFactory | None:
+        return None
+
+    def augment(self, data: TensorData, info: DatasetInfo,
+                generator: torch.Generator) -> TensorData:
+        return data
+
+    def targets(self, labels: torch.Tensor, num_classes: int) -> torch.Tensor | None:
+        """Soft targets (rows summing to 1) for ``labels``, or None for hard labels."""
+        return None
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             ctx: "StepContext") -> torch.Tensor:
+        """The loss of one training batch. The default is the cross-entropy plus every
+        regularizer of the (composed) defense, sharing one forward pass."""
+        logits = model(x)
+        return ctx.cross_entropy(logits, y) + ctx.regularizers(model, x, y, logits)
+
+    def regularizer(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                    logits: torch.Tensor, ctx: "StepContext") -> torch.Tensor | None:
+        return None
+
+    def after_step(self, model: nn.Module, ctx: "StepContext") -> None:
+        return None
+
+    def input_transform(self, info: DatasetInfo) -> InputTransform | None:
+        return None
+
+    def fit(self, session: "TrainingSession") -> None:
+        """Train ``session.model``. Multi-stage defenses call ``session.train`` several times."""
+        session.train()
+
+
+def _overrides(part: Defense, hook: str) -> bool:
+    return getattr(type(part), hook) is not getattr(Defense, hook)
+
+
+class Composite(Defense):
+    """Several defenses applied together; built by the registry for names such as ``a+b``."""
+
+    kind = "composition"
+
+    def __init__(self, components: list[Defense], name: str | None = None) -> None:
+        # Not a dataclass __init__: a composition has no parameters of its own.
+        self._parts: list[Defense] = []
+        for c in components:
+            self._parts.extend(c.parts())
+        self._name = name or "+".join(p.name for p in self._parts)
+        for hook in ("loss", "activation", "input_transform", "fit"):
+            owners = [p.name for p in self._parts if _overrides(p, hook)]
+            if len(owners) > 1:
+                raise ParameterError(
+                    f"defenses {' and '.join(owners)} both define '{hook}' and cannot be combined")
+
+    @property  # type: ignore[override]
+    def name(self) -> str:  # noqa: D401 - a per-instance name
+        return self._name
+
+    @property
+    def needs_reference(self) -> bool:  # type: ignore[override]
+        return any(p.needs_reference for p in self._parts)
+
+    def __repr__(self) -> str:
+        return f"Composite({self._parts!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Composite) and self._parts == other._parts
+
+    def parts(self) -> list[Defense]:
+        return list(self._parts)
+
+    def params(self) -> dict:
+        return {p.name: p.params() for p in self._parts}
+
+    def spec(self) -> dict:
+        return {"name": self._name, "params": self.params()}
+
+    def _owner(self, hook: str) -> Defense | None:
+        return next((p for p in self._parts if _overrides(p, hook)), None)
+
+    def activation(self, info: DatasetInfo) -> ActivationFactory | None:
+        owner = self._owner("activation")
+        return owner.activation(info) if owner else None
+
+    def input_transform(self, info: DatasetInfo) -> InputTransform | None:
+        owner = self._owner("input_transform")
+        return owner.input_transform(info) if owner else None
+
+    def augment(self, data: TensorData, info: DatasetInfo,
+                generator: torch.Generator) -> TensorData:
+        for p in self._parts:
+            data = p.augment(data, info, generator)
+        return data
+
+    def targets(self, labels: torch.Tensor, num_classes: int) -> torch.Tensor | None:
+        soft = None
+        for p in self._parts:
+            t = p.targets(labels, num_classes)
+            if t is not None:
+                if soft is not None:
+                    raise ParameterError(f"{self._name}: two parts set soft targets")
+                soft = t
+        return soft
+
+    def loss(self, model, x, y, ctx):
+        owner = self._owner("loss")
+        return owner.loss(model, x, y, ctx) if owner else Defense.loss(self, model, x, y, ctx)
+
+    def regularizer(self, model, x, y, logits, ctx):
+        terms = [t for p in self._parts
+                 if (t := p.regularizer(model, x, y, logits, ctx)) is not None]
+        return sum(terms) if terms else None
+
+    def after_step(self, model, ctx) -> None:
+        for p in self._parts:
+            p.after_step(model, ctx)
+
+    def fit(self, session) -> None:
+        owner = self._owner("fit")
+        if owner is not None:
+            owner.fit(session)
+        else:
+            session.train()

@@ -1,0 +1,165 @@
+"""Plugin manager factory and the registry of everything a suite can name.
+
+Nothing happens at import time: :func:`make_plugin_manager` builds a manager, loads the
+``advarena`` entry points (first-party plugins arrive this way too) and checks that every
+implementation matches a spec. :class:`Registry` then collects the registered classes, refusing a
+name claimed twice (naming both plugins) and answering unknown names with close matches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import warnings
+from typing import Any, Iterable
+
+import pluggy
+
+from . import hookspecs
+from .api import API_VERSION, Architecture, Attack, Composite, Dataset, Defense, Protocol
+from .errors import PluginError, UnknownPluginError
+
+PROJECT = "advarena"
+ENTRY_POINT_GROUP = "advarena"
+
+# kind -> (hook name, base class)
+KINDS: dict[str, tuple[str, type]] = {
+    "attacks": ("advarena_register_attacks", Attack),
+    "defenses": ("advarena_register_defenses", Defense),
+    "datasets": ("advarena_register_datasets", Dataset),
+    "architectures": ("advarena_register_architectures", Architecture),
+    "protocols": ("advarena_register_protocols", Protocol),
+}
+
+
+def make_plugin_manager(extra_plugins: Iterable[Any] = (), *,
+                        entry_points: bool = True) -> pluggy.PluginManager:
+    """Build a plugin manager: specs, the ``advarena`` entry points, then ``extra_plugins``
+    (modules or objects with hook implementations, e.g. test fixtures)."""
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(hookspecs)
+    if entry_points:
+        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    for plugin in extra_plugins:
+        pm.register(plugin)
+    pm.check_pending()
+    return pm
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One registered plugin class and where it came from."""
+
+    kind: str
+    name: str
+    cls: type
+    source: str  # the pluggy plugin (module) that registered it
+    distribution: str
+    version: str
+
+    def describe(self) -> dict[str, Any]:
+        doc = (self.cls.__doc__ or "").strip().splitlines()
+        info = {
+            "name": self.name,
+            "kind": self.kind,
+            "aliases": list(getattr(self.cls, "aliases", ())),
+            "paper": getattr(self.cls, "paper", ""),
+            "summary": doc[0] if doc else "",
+            "parameters": [p.to_dict() for p in self.cls.describe_params()],
+            "distribution": self.distribution,
+            "version": self.version,
+        }
+        tm = getattr(self.cls, "threat_model", None)
+        if tm is not None:
+            info["threat_model"] = tm.to_dict()
+        return info
+
+
+class Registry:
+    """Every plugin class the manager's registration hooks returned, by kind and name."""
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self.pm = pm
+        self.warnings: list[str] = []
+        self._entries: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
+        self._canonical: dict[str, dict[str, str]] = {k: {} for k in KINDS}
+        dists = {id(p): (d.project_name, d.version) for p, d in pm.list_plugin_distinfo()}
+        for kind, (hook_name, base) in KINDS.items():
+            hook = getattr(pm.hook, hook_name)
+            # Call each implementation on its own so every class is attributed to its plugin.
+            for impl in reversed(hook.get_hookimpls()):
+                source = impl.plugin_name
+                dist, version = dists.get(id(impl.plugin), (source, ""))
+                try:
+                    classes = impl.function() or []
+                except Exception as exc:  # a broken plugin must not take the others down
+                    raise PluginError(f"plugin '{source}' failed to register {kind}: {exc}") from exc
+                for cls in classes:
+                    self._add(kind, base, cls, source, dist, version)
+
+    def _add(self, kind: str, base: type, cls: type, source: str, dist: str,
+             version: str) -> None:
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise PluginError(f"plugin '{source}' registered {cls!r} as one of its {kind}, "
+                              f"but it is not a subclass of advarena.api.{base.__name__}")
+        name = getattr(cls, "name", "")
+        if not name:
+            raise PluginError(f"plugin '{source}' registered {cls.__name__} without a name")
+        needed = str(getattr(cls, "api_version", API_VERSION)).split(".")[0]
+        if needed != API_VERSION.split(".")[0]:
+            self.warnings.append(
+                f"skipped {kind[:-1]} '{name}' from {dist}: it needs advarena plugin API "
+                f"{needed}, this is {API_VERSION}")
+            warnings.warn(self.warnings[-1], stacklevel=2)
+            return
+        cls.distribution = dist
+        cls.distribution_version = version
+        entry = Entry(kind, name, cls, source, dist, version)
+        for key in (name, *getattr(cls, "aliases", ())):
+            if key in self._canonical[kind]:
+                other = self._entries[kind][self._canonical[kind][key]]
+                raise PluginError(
+                    f"two plugins register the {kind[:-1]} name '{key}': {other.cls.__name__} "
+                    f"from '{other.source}' ({other.distribution}) and {cls.__name__} from "
+                    f"'{source}' ({dist}); uninstall or rename one")
+            self._canonical[kind][key] = name
+        self._entries[kind][name] = entry
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._entries[kind])
+
+    def entries(self, kind: str) -> list[Entry]:
+        return [self._entries[kind][n] for n in self.names(kind)]
+
+    def entry(self, kind: str, name: str) -> Entry:
+        canonical = self._canonical[kind].get(name)
+        if canonical is None:
+            close = difflib.get_close_matches(name, list(self._canonical[kind]), n=3, cutoff=0.5)
+            hint = (f"did you mean {', '.join(repr(c) for c in close)}?" if close
+                    else f"run 'advarena list {kind}' to see them")
+            raise UnknownPluginError(f"unknown {kind[:-1]} '{name}'; {hint}")
+        return self._entries[kind][canonical]
+
+    def get(self, kind: str, name: str) -> type:
+        return self.entry(kind, name).cls
+
+    def create(self, kind: str, name: str, **params: Any) -> Any:
+        """Instantiate plugin ``name`` with validated parameters. For defenses, ``a+b`` builds a
+        composition (parameters then go as ``{"a": {...}, "b": {...}}``)."""
+        if kind == "defenses" and "+" in name:
+            parts = [p.strip() for p in name.split("+")]
+            unknown = set(params) - set(parts)
+            if unknown:
+                raise UnknownPluginError(
+                    f"defense '{name}': parameters must be grouped by part "
+                    f"({', '.join(parts)}), got {', '.join(sorted(unknown))}")
+            return Composite([self.create(kind, p, **params.get(p, {})) for p in parts],
+                             name=name)
+        return self.get(kind, name).create(**params)
+
+
+@functools.lru_cache(maxsize=1)
+def default_registry() -> Registry:
+    """The registry of the installed plugins, built on first use and kept for the process."""
+    return Registry(make_plugin_manager())

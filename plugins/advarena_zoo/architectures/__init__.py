@@ -1,0 +1,2 @@
+"""Architecture plugins, one module each."""
+ARCHITECTURES: list = []

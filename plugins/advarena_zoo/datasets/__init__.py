@@ -1,0 +1,2 @@
+"""Dataset plugins, one module each."""
+DATASETS: list = []
