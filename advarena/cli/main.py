@@ -1,0 +1,164 @@
+"""``advarena``: run suites, list plugins, render leaderboards.
+
+Every error a user can cause is printed as one line on stderr with exit status 2; nothing is
+printed as a traceback and nothing already stored is touched by a failed command.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import AdvarenaError
+
+console = Console(stderr=False, highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+KIND_CHOICES = ["attacks", "defenses", "datasets", "architectures", "protocols"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="advarena")
+def cli() -> None:
+    """advarena: a plugin-based benchmark of adversarial robustness for PyTorch classifiers.
+
+    \b
+    Example:
+      advarena run --defense gda-brelu      # the default suite (digits), one defense
+      advarena leaderboard --out leaderboards
+    """
+
+
+@cli.command("list")
+@click.argument("kind", required=False, type=click.Choice(KIND_CHOICES))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_cmd(kind: str | None, as_json: bool) -> None:
+    """List the installed plugins with their paper, parameters and distribution.
+
+    \b
+    Example:
+      advarena list attacks
+      advarena list defenses --json
+    """
+    from ..plugins import default_registry
+
+    reg = default_registry()
+    kinds = [kind] if kind else KIND_CHOICES
+    data = {k: [e.describe() for e in reg.entries(k)] for k in kinds}
+    if as_json:
+        click.echo(json.dumps(data if not kind else data[kind], indent=1, default=str))
+        return
+    for k in kinds:
+        table = Table(title=k, title_justify="left", show_lines=False)
+        for col in ("name", "paper", "parameters", "from"):
+            table.add_column(col, overflow="fold")
+        for d in data[k]:
+            params = ", ".join(f"{p['name']}={p['default']!r}" for p in d["parameters"])
+            name = d["name"] + (f" ({', '.join(d['aliases'])})" if d["aliases"] else "")
+            table.add_row(name, d["paper"], params or "-",
+                          f"{d['distribution']} {d['version']}".strip())
+        console.print(table)
+    for w in reg.warnings:
+        err_console.print(f"warning: {w}", markup=False)
+
+
+@cli.command("run")
+@click.option("--suite", default="quick", show_default=True,
+              help="A shipped suite name or a path to a suite TOML file.")
+@click.option("--defense", "defenses", multiple=True,
+              help="Defense to evaluate (repeatable; 'a+b' composes). Default: the suite's.")
+@click.option("--dataset", "datasets", multiple=True, help="Restrict to these datasets.")
+@click.option("--protocol", "protocols", multiple=True, help="Restrict to these protocols.")
+@click.option("--store", "store_dir", default=".advarena", show_default=True,
+              type=click.Path(path_type=Path), help="Result store directory.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--seed", type=int, default=None, help="Run this seed instead of the suite's.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Where on-disk datasets (mnist, cifar10, ...) live.")
+@click.option("--download", is_flag=True, help="Allow downloading on-disk datasets.")
+@click.option("--output", type=click.Path(path_type=Path), default=None,
+              help="Export every stored metric record as JSON to this file.")
+@click.option("--quiet", is_flag=True, help="No progress display.")
+def run_cmd(suite, defenses, datasets, protocols, store_dir, device, seed, data_dir, download,
+            output, quiet) -> None:
+    """Train (or reuse) the models a suite needs and run its protocols.
+
+    \b
+    Example:
+      advarena run --defense gda-brelu
+      advarena run --suite quick --defense none --defense fgsm-at --output results.json
+    """
+    from .run_command import execute_run
+
+    code = execute_run(console, suite=suite, defenses=list(defenses), datasets=list(datasets),
+                       protocols=list(protocols), store_dir=store_dir, device=device,
+                       seed=seed, data_dir=data_dir, download=download, output=output,
+                       quiet=quiet)
+    sys.exit(code)
+
+
+@cli.command("leaderboard")
+@click.option("--store", "store_dir", default=".advarena", show_default=True,
+              type=click.Path(path_type=Path), help="Result store directory.")
+@click.option("--out", "out_dir", default="leaderboards", show_default=True,
+              type=click.Path(path_type=Path), help="Directory to write into.")
+@click.option("--format", "formats", default="md,html,json", show_default=True,
+              help="Comma-separated formats: md, html, json.")
+def leaderboard_cmd(store_dir: Path, out_dir: Path, formats: str) -> None:
+    """Render the store's leaderboards as Markdown, HTML and JSON.
+
+    \b
+    Example:
+      advarena leaderboard --out leaderboards --format md,html
+    """
+    from ..plugins import default_registry
+    from ..report.leaderboard import write_leaderboards
+    from ..store import Store
+
+    fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
+    bad = [f for f in fmts if f not in ("md", "html", "json")]
+    if bad or not fmts:
+        raise AdvarenaError(f"unknown leaderboard format '{','.join(bad) or formats}'; use a "
+                            f"comma-separated list of md, html, json")
+    store = Store.open(store_dir, create=False)
+    try:
+        written = write_leaderboards(store, out_dir, fmts, default_registry())
+    finally:
+        store.close()
+    for fmt, path in written.items():
+        console.print(f"{fmt:5} {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one line and exit 2 for every user error, no traceback."""
+    try:
+        cli.main(args=argv, prog_name="advarena", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:  # pragma: no cover - click >= 8.2
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        sys.exit(0)
+    except click.UsageError as exc:
+        hint = f"; see 'advarena {exc.ctx.info_name} --help'" if exc.ctx and \
+            exc.ctx.info_name != "advarena" else "; see 'advarena --help'"
+        err_console.print(f"error: {exc.format_message()}{hint}", markup=False, soft_wrap=True)
+        sys.exit(2)
+    except click.Abort:
+        err_console.print("aborted", markup=False)
+        sys.exit(130)
+    except AdvarenaError as exc:
+        err_console.print(f"error: {exc}", markup=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted; finished cells are stored, run again to resume",
+                          markup=False)
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,63 @@
+"""A rich progress display that listens to the run's observer hooks."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                           TimeElapsedColumn)
+
+from ..hookimpl import hookimpl
+
+
+class RichProgress:
+    """Registered on the plugin manager for the length of a run."""
+
+    def __init__(self, console: Console, quiet: bool = False) -> None:
+        self.console = console
+        self.quiet = quiet
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                                 transient=True, disable=quiet)
+        self.run_task = None
+        self.cell_task = None
+
+    def __enter__(self) -> "RichProgress":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    @hookimpl
+    def advarena_run_started(self, run_id, total_cells):
+        self.run_task = self.progress.add_task(f"run {run_id}", total=total_cells)
+
+    @hookimpl
+    def advarena_cell_started(self, cell):
+        if self.cell_task is not None:
+            self.progress.remove_task(self.cell_task)
+        self.cell_task = self.progress.add_task(f"  {cell.title}", total=None)
+
+    @hookimpl
+    def advarena_cell_progress(self, cell, stage, done, total):
+        if self.cell_task is not None:
+            self.progress.update(self.cell_task, description=f"  {cell.title}: {stage}",
+                                 completed=done, total=total)
+
+    @hookimpl
+    def advarena_cell_finished(self, cell, status, seconds, error):
+        if self.cell_task is not None:
+            self.progress.remove_task(self.cell_task)
+            self.cell_task = None
+        if self.run_task is not None:
+            self.progress.advance(self.run_task)
+        if self.quiet:
+            return
+        if status == "done":
+            self.console.print(f"[green]done[/]   {cell.title} [dim]({seconds:.1f}s)[/]")
+        elif status == "cached":
+            self.console.print(f"[cyan]stored[/] {cell.title} [dim](reused from the store)[/]")
+        elif status == "failed":
+            self.console.print(f"[red]failed[/] {cell.title}: {error}", markup=False)
+        else:
+            self.console.print(f"skipped {cell.title}: {error}", markup=False)

@@ -1,0 +1,101 @@
+"""What a protocol sees: the defended model, the fixed evaluation examples, shared models,
+prepared data, and attacks that are always run through the harness's threat-model check."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .api.attack import Attack
+from .api.data import DatasetInfo, TensorData
+from .api.records import Measurement
+from .models import predict
+from .stats import bootstrap_mean, wilson
+from .threat import run_checked
+
+
+class EvalContext:
+    """Everything one evaluate (or prepare) call needs.
+
+    Attributes:
+        model: the defended classifier (None in ``prepare``), in eval mode.
+        reference: the undefended reference classifier of the same dataset, architecture, seed.
+        data: the evaluation examples (the same for every defense), on ``device``.
+        train: the training split (for metrics such as the training-set distance).
+        shared: models named by the protocol's ``shared_models``.
+        prepared: what the protocol's ``prepare`` returned.
+    """
+
+    def __init__(self, *, info: DatasetInfo, data: TensorData, train: TensorData,
+                 device: torch.device, seed: int, attacks: dict[str, Attack],
+                 batch_size: int, model: nn.Module | None = None,
+                 reference: nn.Module | None = None, shared: dict[str, nn.Module] | None = None,
+                 prepared: dict[str, Any] | None = None,
+                 progress: Callable[[str, int, int], None] | None = None) -> None:
+        self.info = info
+        self.data = data
+        self.train = train
+        self.device = device
+        self.seed = seed
+        self.attacks = attacks
+        self.batch_size = batch_size
+        self.model = model
+        self.reference = reference
+        self.shared = shared or {}
+        self.prepared = prepared or {}
+        self.progress = progress or (lambda stage, done, total: None)
+
+    def attack(self, name: str) -> Attack:
+        """The suite-configured instance of attack ``name``."""
+        return self.attacks[name]
+
+    def run_attack(self, attack: Attack, model: nn.Module | list[nn.Module],
+                   x: torch.Tensor, y: torch.Tensor, eps: float | None = None,
+                   seed: int | None = None) -> torch.Tensor:
+        """Adversarial examples in batches, every batch checked against the threat model."""
+        seed = self.seed if seed is None else seed
+        outs = [run_checked(attack, model, x[i:i + self.batch_size], y[i:i + self.batch_size],
+                            eps=eps, seed=seed + i)
+                for i in range(0, len(x), self.batch_size)]
+        return torch.cat(outs) if outs else x.clone()
+
+    def correct(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Boolean mask of examples ``model`` classifies correctly."""
+        return predict(model, x, self.batch_size) == y
+
+
+def accuracy_measurement(metric: str, mask: torch.Tensor, *, attack: str | None = None,
+                         eps: float | None = None, **extra: Any) -> Measurement:
+    """An accuracy with its Wilson interval; the per-example outcomes go along as a bit string
+    so two records on the same examples can be compared pairwise."""
+    k, n = int(mask.sum()), int(mask.numel())
+    lo, hi = wilson(k, n)
+    bits = "".join("1" if b else "0" for b in mask.tolist())
+    return Measurement(metric, k / n if n else float("nan"), n, lo, hi, attack, eps,
+                       {"outcomes": _pack(bits), **extra})
+
+
+def mean_measurement(metric: str, values: torch.Tensor, *, attack: str | None = None,
+                     eps: float | None = None, seed: int = 0, **extra: Any) -> Measurement:
+    """A mean with its percentile-bootstrap interval."""
+    v = values.detach().double().cpu().numpy()
+    lo, hi = bootstrap_mean(v, seed=seed)
+    return Measurement(metric, float(v.mean()), int(v.size), lo, hi, attack, eps, extra)
+
+
+def _pack(bits: str) -> str:
+    """Bit string -> hex (with the length, since leading zeros matter)."""
+    if not bits:
+        return "0:"
+    return f"{len(bits)}:{int(bits, 2):x}"
+
+
+def unpack_outcomes(packed: str) -> list[bool]:
+    n_str, hexpart = packed.split(":", 1)
+    n = int(n_str)
+    if n == 0:
+        return []
+    return [c == "1" for c in bin(int(hexpart, 16))[2:].zfill(n)]

@@ -1,0 +1,263 @@
+"""The shared trainer. Every defense trains through it, so every defense's cost is measured the
+same way: wall time per epoch, validation accuracy over time, and passes per training example.
+
+Passes are counted by hooks on the network, not reported by the defense: a forward pass is an
+example pushed through the network during a training step (crafting included); a backward pass is one autograd sweep (a
+``backward()`` or ``autograd.grad`` call) that reaches the network's output, counted once for the
+training batch it belongs to, however many forward branches it flows through. This is the unit of
+000 Table I: virtual-alpha with KL needs "a second forward-pass ... but no additional
+backward-pass" (2 forward + 1 backward), PGD training with I steps needs I+1 of each, and GDA's
+cost shows as N+1 copies of the data at 1 + 1 passes each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .api.attack import Attack
+from .api.data import DatasetInfo, TensorData
+from .api.defense import Defense
+from .models import Classifier
+
+try:  # one id per autograd sweep; without it each output's gradient counts as a sweep
+    _graph_task_id = torch._C._current_graph_task_id
+except AttributeError:  # pragma: no cover - very old torch
+    _graph_task_id = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of a train cell (from the suite)."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    val_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError("val_fraction must be in [0, 1)")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class PassCounter:
+    """Counts forward examples and backward sweeps through a module while ``active``."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.active = False
+        self.forward_examples = 0
+        self.sweeps = 0
+        self._seen: set[int] = set()
+        self._handle = module.register_forward_hook(self._on_forward)
+
+    def _on_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if not self.active or not isinstance(output, torch.Tensor):
+            return
+        self.forward_examples += output.shape[0]
+        if output.requires_grad:
+            output.register_hook(self._on_backward)
+
+    def _on_backward(self, grad: torch.Tensor) -> None:
+        task = _graph_task_id() if _graph_task_id is not None else -1
+        if task == -1 or task not in self._seen:
+            self._seen.add(task)
+            self.sweeps += 1
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+class StepContext:
+    """What a defense's hooks see during one training step."""
+
+    def __init__(self, session: "TrainingSession", defense: Defense, epoch: int,
+                 step: int) -> None:
+        self.session = session
+        self.defense = defense
+        self.info = session.info
+        self.device = session.device
+        self.epoch = epoch
+        self.step = step
+        self.generator = session.generator
+
+    def cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy against the defense's targets (soft ones if it sets them)."""
+        soft = self.defense.targets(labels, self.info.num_classes)
+        if soft is None:
+            return F.cross_entropy(logits, labels)
+        return -(soft * F.log_softmax(logits, dim=1)).sum(1).mean()
+
+    def regularizers(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                     logits: torch.Tensor) -> torch.Tensor:
+        term = self.defense.regularizer(model, x, y, logits, self)
+        return logits.new_zeros(()) if term is None else term
+
+    def attack(self, name: str, **params: Any) -> Attack:
+        from .plugins import default_registry
+
+        return default_registry().create("attacks", name, **params)
+
+    def run_attack(self, attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   eps: float | None = None) -> torch.Tensor:
+        """Adversarial examples for training, checked like every attack output. The network is
+        wrapped with the dataset's bounds so the attack clips to the right box."""
+        from .threat import run_checked
+
+        target = model if hasattr(model, "bounds") else Classifier(model, self.info.bounds)
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.session.cpu_generator))
+        return run_checked(attack, target, x, y, eps=eps, seed=seed)
+
+
+@dataclasses.dataclass
+class EpochRecord:
+    stage: int
+    epoch: int
+    seconds: float
+    train_loss: float
+    val_accuracy: float
+
+
+class TrainingSession:
+    """One train cell: the network, its data and the record of what training cost.
+
+    ``fit`` of a defense calls :meth:`train` once or several times (multi-stage defenses), may
+    replace ``model`` or set ``transform`` (an input transform trained alongside, e.g. an
+    autoencoder), and can use ``reference`` (the trained undefended model) when it declared
+    ``needs_reference``.
+    """
+
+    def __init__(self, model: nn.Module, info: DatasetInfo, train: TensorData,
+                 val: TensorData, config: TrainConfig, defense: Defense, *,
+                 device: torch.device, seed: int, reference: nn.Module | None = None,
+                 transform: nn.Module | None = None,
+                 progress: Callable[[str, int, int], None] | None = None) -> None:
+        self.model = model.to(device)
+        self.info = info
+        self.data = train.to(device)
+        self.val = val.to(device)
+        self.config = config
+        self.defense = defense
+        self.device = device
+        self.seed = seed
+        self.reference = reference
+        self.transform = transform
+        self.progress = progress or (lambda stage, done, total: None)
+        self.cpu_generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.history: list[EpochRecord] = []
+        self.original_examples = len(train)
+        self.trained_examples = 0
+        self.weighted_sweeps = 0.0
+        self.forward_examples = 0
+        self.data_copies: list[float] = []
+        self.stages = 0
+
+    def make_optimizer(self, params, lr: float | None = None) -> torch.optim.Optimizer:
+        lr = self.config.lr if lr is None else lr
+        if self.config.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=lr, momentum=self.config.momentum,
+                                   weight_decay=self.config.weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=self.config.weight_decay)
+
+    def train(self, *, epochs: int | None = None, data: TensorData | None = None,
+              defense: Defense | None = None, model: nn.Module | None = None,
+              lr: float | None = None) -> None:
+        """Run the standard loop: ``defense.augment`` once, then for each batch ``defense.loss``,
+        one optimiser step and ``defense.after_step``; validation accuracy after each epoch."""
+        defense = self.defense if defense is None else defense
+        model = self.model if model is None else model
+        epochs = self.config.epochs if epochs is None else epochs
+        base = self.data if data is None else data.to(self.device)
+        augmented = defense.augment(base, self.info, self.generator)
+        self.data_copies.append(len(augmented) / max(1, len(base)))
+        stage = self.stages
+        self.stages += 1
+        optimizer = self.make_optimizer(model.parameters(), lr)
+        counter = PassCounter(model)
+        bs = self.config.batch_size
+        try:
+            for epoch in range(epochs):
+                model.train()
+                start = time.perf_counter()
+                order = torch.randperm(len(augmented), generator=self.cpu_generator)
+                losses = []
+                for step, i in enumerate(range(0, len(augmented), bs)):
+                    idx = order[i:i + bs].to(self.device)
+                    xb, yb = augmented.x[idx], augmented.y[idx]
+                    ctx = StepContext(self, defense, epoch, step)
+                    counter.active = True
+                    sweeps_before = counter.sweeps
+                    loss = defense.loss(model, xb, yb, ctx)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    counter.active = False
+                    self.weighted_sweeps += (counter.sweeps - sweeps_before) * len(idx)
+                    optimizer.step()
+                    with torch.no_grad():
+                        defense.after_step(model, ctx)
+                    losses.append(loss.detach())
+                self.trained_examples += len(augmented)
+                mean_loss = float(torch.stack(losses).mean()) if losses else math.nan
+                # Epoch time excludes validation, as 000 Table I times training alone.
+                seconds = time.perf_counter() - start
+                val_acc = self.accuracy(model, self.val)
+                self.history.append(EpochRecord(stage, epoch, seconds, mean_loss, val_acc))
+                self.progress(f"train stage {stage}", epoch + 1, epochs)
+        finally:
+            self.forward_examples += counter.forward_examples
+            counter.remove()
+            model.eval()
+
+    def accuracy(self, model: nn.Module, data: TensorData) -> float:
+        if len(data) == 0:
+            return math.nan
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            correct = sum(int((model(data.x[i:i + 1024]).argmax(1) == data.y[i:i + 1024]).sum())
+                          for i in range(0, len(data), 1024))
+        model.train(was_training)
+        return correct / len(data)
+
+    def cost(self) -> dict[str, Any]:
+        """The cost record of this cell (000 Table I's columns, plus pass counts)."""
+        seconds = [h.seconds for h in self.history]
+        n = max(1, self.trained_examples)
+        fwd = self.forward_examples / n
+        bwd = self.weighted_sweeps / n
+        copies = self.data_copies[0] if self.data_copies else 1.0
+        elapsed, curve = 0.0, []
+        for h in self.history:
+            elapsed += h.seconds
+            curve.append([round(elapsed, 6), h.val_accuracy])
+        return {
+            "epochs": len(self.history),
+            "stages": self.stages,
+            "median_epoch_seconds": statistics.median(seconds) if seconds else 0.0,
+            "total_seconds": sum(seconds),
+            "data_copies": copies,
+            "forward_per_example": fwd,
+            "backward_per_example": bwd,
+            # per original training example and epoch: copies of the data times passes on each
+            "passes_per_example": copies * (fwd + bwd),
+            "val_accuracy_curve": curve,
+            "final_val_accuracy": self.history[-1].val_accuracy if self.history else math.nan,
+        }
