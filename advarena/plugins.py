@@ -163,3 +163,24 @@ class Registry:
 def default_registry() -> Registry:
     """The registry of the installed plugins, built on first use and kept for the process."""
     return Registry(make_plugin_manager())
+
+
+def collect(package: str, base: type) -> list[type]:
+    """The public subclasses of ``base`` defined in the modules of ``package`` (modules whose
+    names start with ``_`` are helpers). First-party plugin packages register with this, so a
+    new method is one new module and nothing else."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    pkg = importlib.import_module(package)
+    found: list[type] = []
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+        if info.name.startswith("_") or info.ispkg:
+            continue
+        module = importlib.import_module(f"{package}.{info.name}")
+        for _, obj in inspect.getmembers(module, inspect.isclass):
+            if (issubclass(obj, base) and obj is not base and obj.__module__ == module.__name__
+                    and getattr(obj, "name", "") and not inspect.isabstract(obj)):
+                found.append(obj)
+    return found

@@ -5,7 +5,7 @@ from advarena.hookimpl import hookimpl
 
 @hookimpl
 def advarena_register_attacks():
-    from .fgsm import FGSM
-    from .pgd import PGD
+    from advarena.api import Attack
+    from advarena.plugins import collect
 
-    return [FGSM, PGD]
+    return collect(__name__, Attack)

@@ -5,9 +5,7 @@ from advarena.hookimpl import hookimpl
 
 @hookimpl
 def advarena_register_defenses():
-    from .brelu import BReLUDefense
-    from .gda import GDA
-    from .gda_brelu import GDABReLU
-    from .none import NoDefense
+    from advarena.api import Defense
+    from advarena.plugins import collect
 
-    return [NoDefense, BReLUDefense, GDA, GDABReLU]
+    return collect(__name__, Defense)
