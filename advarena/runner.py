@@ -159,7 +159,7 @@ def run_train(cell: Cell, env: Environment, progress: Progress) -> CellOutput:
                          "final_val_accuracy")]
     result = {"cost": cost, "history": [dataclasses.asdict(h) for h in session.history],
               "num_parameters": sum(p.numel() for p in model.parameters()),
-              "train_examples": len(train), "val_examples": len(val)}
+              "train_examples": len(train), "val_examples": len(val), "notes": session.notes}
     return CellOutput(result, ms, {"model": model.state_dict()}, {})
 
 

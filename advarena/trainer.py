@@ -169,6 +169,9 @@ class TrainingSession:
         self.forward_examples = 0
         self.data_copies: list[float] = []
         self.stages = 0
+        # Free-form, JSON-ready facts a defense reports about its training (e.g. RAD's
+        # examples added per round); stored with the train cell's result.
+        self.notes: dict[str, Any] = {}
 
     def make_optimizer(self, params, lr: float | None = None) -> torch.optim.Optimizer:
         lr = self.config.lr if lr is None else lr
