@@ -68,7 +68,7 @@ def _coerce(value: Any, tp: Any) -> Any:
     if origin is tuple:
         args = typing.get_args(tp)
         if isinstance(value, str):
-            value = [v for v in value.split(",") if v.strip()]
+            value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise TypeError(f"expected {_type_name(tp)}")
         return tuple(_coerce(v, args[0] if args else Any) for v in value)

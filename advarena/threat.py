@@ -38,14 +38,15 @@ def run_checked(attack: Attack, model: ModelLike, inputs: torch.Tensor, labels: 
     if seed is not None:
         gen = torch.Generator(device=inputs.device)
         gen.manual_seed(seed)
-    training = [m.training for m in members]
+    # Save every submodule's mode (not just the top's: train(t) would reset frozen parts too).
+    modes = [(mod, mod.training) for m in members for mod in m.modules()]
     for m in members:
         m.eval()
     try:
         x_adv = attack.run(target, inputs.detach(), labels, eps, gen)
     finally:
-        for m, t in zip(members, training):
-            m.train(t)
+        for mod, t in modes:
+            mod.training = t
     check_output(attack, inputs, x_adv, eps, bounds_of(model))
     return x_adv.detach()
 
