@@ -50,6 +50,9 @@ class Attack(Plugin):
     threat_model: ClassVar[ThreatModel]
     # Whether ``run`` accepts a list of models natively (else ensembles average logits).
     accepts_ensemble: ClassVar[bool] = False
+    # One gradient step (FGSM and kin): the sanity check expects iterative attacks to be
+    # at least as strong as these.
+    single_step: ClassVar[bool] = False
 
     def run(self, model: ModelLike, inputs: torch.Tensor, labels: torch.Tensor,
             eps: float | None, generator: torch.Generator | None = None) -> torch.Tensor:

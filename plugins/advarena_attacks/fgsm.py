@@ -29,6 +29,7 @@ class FGSM(Attack):
     name = "fgsm"
     paper = "Goodfellow et al. 2015; 001 sec. 2"
     threat_model = ThreatModel(norm="linf")
+    single_step = True
 
     eps: float = param(0.3, ge=0, help="Linf budget")
 

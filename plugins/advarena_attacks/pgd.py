@@ -7,7 +7,7 @@ import torch
 from advarena.api import Attack, ThreatModel
 from advarena.params import param
 
-from ._grad import loss_gradient, project_linf
+from ._grad import linf_limits, loss_gradient, sign_step
 
 
 class PGD(Attack):
@@ -47,12 +47,12 @@ class PGD(Attack):
 
     def run(self, model, inputs, labels, eps, generator=None):
         step = self.step_size if self.step_size is not None else 2.5 * eps / self.steps
-        x_adv = inputs.clone()
+        lower, upper = linf_limits(inputs, eps, model.bounds)
+        x_adv = inputs
         if self.random_start:
             noise = torch.rand(inputs.shape, generator=generator, device=inputs.device,
                                dtype=inputs.dtype)
-            x_adv = project_linf(inputs + (2 * noise - 1) * eps, inputs, eps, model.bounds)
+            x_adv = torch.clamp(inputs + (2 * noise - 1) * eps, lower, upper)
         for _ in range(self.steps):
-            grad = loss_gradient(model, x_adv, labels)
-            x_adv = project_linf(x_adv + step * grad.sign(), inputs, eps, model.bounds)
+            x_adv = sign_step(x_adv, loss_gradient(model, x_adv, labels), step, lower, upper)
         return x_adv
