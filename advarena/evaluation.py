@@ -27,6 +27,9 @@ class EvalContext:
         train: the training split (for metrics such as the training-set distance).
         shared: models named by the protocol's ``shared_models``.
         prepared: what the protocol's ``prepare`` returned.
+        train_records: ``{role: {"spec", "result"}}`` of the train cells read (``model``,
+            ``reference``, ``shared:<name>``): training cost and history.
+        splits: the dataset's full train/test splits (on the CPU).
     """
 
     def __init__(self, *, info: DatasetInfo, data: TensorData, train: TensorData,
@@ -34,7 +37,11 @@ class EvalContext:
                  batch_size: int, model: nn.Module | None = None,
                  reference: nn.Module | None = None, shared: dict[str, nn.Module] | None = None,
                  prepared: dict[str, Any] | None = None,
-                 progress: Callable[[str, int, int], None] | None = None) -> None:
+                 progress: Callable[[str, int, int], None] | None = None,
+                 train_records: dict[str, dict] | None = None,
+                 fresh_model: Callable[[str], nn.Module] | None = None,
+                 defense_of: Callable[[str], Any] | None = None,
+                 splits: Any = None) -> None:
         self.info = info
         self.data = data
         self.train = train
@@ -47,6 +54,23 @@ class EvalContext:
         self.shared = shared or {}
         self.prepared = prepared or {}
         self.progress = progress or (lambda stage, done, total: None)
+        self.train_records = train_records or {}
+        self._fresh_model = fresh_model
+        self._defense_of = defense_of
+        self.splits = splits
+
+    def fresh_model(self, role: str = "model") -> nn.Module:
+        """An untrained classifier built like the trained one of ``role`` (``model``,
+        ``reference``, ``shared:<name>``): same architecture, activation and transform."""
+        if self._fresh_model is None:
+            raise RuntimeError("this context cannot build models")
+        return self._fresh_model(role)
+
+    def defense_of(self, role: str = "model") -> Any:
+        """The configured defense plugin the model of ``role`` was trained with."""
+        if self._defense_of is None:
+            raise RuntimeError("this context knows no defenses")
+        return self._defense_of(role)
 
     def attack(self, name: str) -> Attack:
         """The suite-configured instance of attack ``name``."""

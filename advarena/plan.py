@@ -28,7 +28,7 @@ class Cell:
     ``prepared``) to the key of the cell whose output this one reads."""
 
     key: str
-    kind: str  # train | prepare | eval
+    kind: str  # train | prepare | eval | flags
     spec: dict[str, Any]
     labels: dict[str, Any]
     deps: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -38,8 +38,8 @@ class Cell:
         lab = self.labels
         parts = [self.kind, lab.get("dataset"), lab.get("architecture")]
         if self.kind == "train":
-            parts.append(lab.get("role") if lab.get("role", "defense") != "defense"
-                         else lab.get("defense"))
+            parts.append(lab.get("role") if lab.get("role", "defense") not in (
+                "defense", "reference") else lab.get("defense"))
         else:
             parts += [lab.get("protocol"), lab.get("defense")]
         return " ".join(str(p) for p in parts if p)
@@ -49,16 +49,43 @@ def content_key(spec: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
+def _plugin_modules(cls: type) -> list[Any]:
+    """The module defining ``cls``, the modules of its base classes, and the modules of its
+    own package that those import (private helpers such as ``_grad.py``), so that editing any
+    code a plugin runs changes its cells' keys. ``advarena`` itself is versioned apart."""
+    seen: dict[str, Any] = {}
+    roots = [inspect.getmodule(c) for c in cls.__mro__]
+    for mod in roots:
+        if mod is None or mod.__name__.split(".")[0] in ("advarena", "builtins"):
+            continue
+        seen.setdefault(mod.__name__, mod)
+        package = mod.__name__.split(".")[0]
+        for value in list(vars(mod).values()):
+            dep = value if inspect.ismodule(value) else inspect.getmodule(value)
+            if dep is not None and dep.__name__.split(".")[0] == package:
+                seen.setdefault(dep.__name__, dep)
+    return [seen[k] for k in sorted(seen)]
+
+
 @lru_cache(maxsize=None)
 def code_version(cls: type) -> str:
-    """Distribution version plus a hash of the plugin's source module, so editing a plugin
-    invalidates the cells it produced."""
+    """Distribution version plus a hash of the plugin's source (see :func:`_plugin_modules`),
+    so editing a plugin invalidates the cells it produced."""
+    digest = hashlib.sha256()
+    for mod in _plugin_modules(cls) or [inspect.getmodule(cls)]:
+        try:
+            digest.update(inspect.getsource(mod).encode())
+        except (OSError, TypeError):
+            digest.update(getattr(mod, "__name__", cls.__qualname__).encode())
+    return f"{getattr(cls, 'distribution_version', '')}:{digest.hexdigest()[:16]}"
+
+
+def code_version_module(module: Any) -> str:
     try:
-        source = inspect.getsource(inspect.getmodule(cls))
+        source = inspect.getsource(module)
     except (OSError, TypeError):
-        source = cls.__qualname__
-    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
-    return f"{getattr(cls, 'distribution_version', '')}:{digest}"
+        source = module.__name__
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
 
 
 @dataclasses.dataclass
@@ -114,8 +141,7 @@ class Planner:
                                                   s.architecture_params.get(architecture, {})),
                 "defense": dspec, "seed": seed, "train": config.to_dict(), "deps": deps}
         labels = {"dataset": dataset, "architecture": architecture, "defense": dspec["name"],
-                  "params": dspec["params"], "seed": seed, "role": role,
-                  "protocol": "training-cost"}
+                  "params": dspec["params"], "seed": seed, "role": role}
         return self._add(Cell(content_key(spec), "train", spec, labels, deps))
 
     def expand(self, defenses: list[str], protocols: list[str] | None = None) -> Plan:
@@ -138,9 +164,15 @@ class Planner:
                     models = {d: self.train_cell(dataset, arch, d, s.defense_params.get(d, {}),
                                                  seed, "reference" if d == s.reference
                                                  else "defense") for d in names}
+                    evals: dict[str, dict[str, str]] = {d: {} for d in models}
                     for pname in chosen:
-                        self._protocol_cells(pname, dataset, arch, seed, models, eval_settings)
-        order = {"train": 0, "prepare": 1, "eval": 2}
+                        keys = self._protocol_cells(pname, dataset, arch, seed, models,
+                                                    eval_settings)
+                        for d, k in keys.items():
+                            evals[d][f"eval:{pname}"] = k
+                    for d in models:
+                        self._flags_cell(d, models, evals, dataset, arch, seed)
+        order = {"train": 0, "prepare": 1, "eval": 2, "flags": 3}
         cells = sorted(self.cells.values(), key=lambda c: order[c.kind])
         return Plan(s, _topological(cells), names)
 
@@ -158,7 +190,7 @@ class Planner:
                 dataset, tspec.get("architecture", arch), tspec.get("defense", "none"),
                 tspec.get("defense_params", {}), tspec.get("seed", seed), role)
         attacks = {a: self._plugin_spec("attacks", a, s.attacks.get(a, {}))
-                   for a in getattr(proto, "attacks", ())}
+                   for a in proto.attack_names()}
         dataset_spec = self._plugin_spec("datasets", dataset, s.dataset_params.get(dataset, {}))
         base = {"protocol": pspec, "dataset": dataset_spec, "seed": seed, "attacks": attacks,
                 "eval": eval_settings}
@@ -169,13 +201,31 @@ class Planner:
                       "protocol": pname, "role": "prepare"}
             deps_shared["prepared"] = self._add(Cell(content_key(pkey_spec), "prepare",
                                                      pkey_spec, labels, dict(shared)))
+        keys = {}
         for name, model_key in models.items():
             deps = {"model": model_key, "reference": models[s.reference], **deps_shared}
             spec = {"kind": "eval", **base, "deps": deps}
             tlabels = self.cells[model_key].labels
             labels = {"dataset": dataset, "architecture": arch, "defense": tlabels["defense"],
                       "params": tlabels["params"], "seed": seed, "protocol": pname}
-            self._add(Cell(content_key(spec), "eval", spec, labels, deps))
+            keys[name] = self._add(Cell(content_key(spec), "eval", spec, labels, deps))
+        return keys
+
+    def _flags_cell(self, name: str, models: dict[str, str], evals: dict[str, dict[str, str]],
+                    dataset: str, arch: str, seed: int) -> None:
+        """Sanity flags of one model, computed from its stored records (and the
+        reference's, for comparisons)."""
+        from . import sanity
+
+        deps = dict(evals[name])
+        deps.update({f"reference-{k}": v for k, v in evals[self.suite.reference].items()})
+        single = sorted(e.name for e in self.reg.entries("attacks") if e.cls.single_step)
+        spec = {"kind": "flags", "deps": deps, "single_step": single,
+                "code": code_version_module(sanity)}
+        tlabels = self.cells[models[name]].labels
+        labels = {"dataset": dataset, "architecture": arch, "defense": tlabels["defense"],
+                  "params": tlabels["params"], "seed": seed, "protocol": "sanity"}
+        self._add(Cell(content_key(spec), "flags", spec, labels, deps))
 
 
 def _base_prepare():

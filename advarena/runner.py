@@ -69,11 +69,27 @@ class Environment:
     def remember(self, cell: Cell) -> None:
         self._specs[cell.key] = cell.spec
 
+    def train_spec(self, train_key: str) -> dict:
+        spec = self._specs.get(train_key)
+        if spec is None:
+            spec = self.store.cell(train_key)["spec"]
+            self._specs[train_key] = spec
+        return spec
+
+    def train_record(self, train_key: str) -> dict:
+        """The spec and stored result (cost, history) of a finished train cell."""
+        row = self.store.cell(train_key) or {}
+        return {"spec": self.train_spec(train_key), "result": row.get("result"),
+                "device": row.get("device"), "run_id": row.get("run_id")}
+
+    def defense_of(self, spec: dict):
+        return self.registry.create("defenses", spec["defense"]["name"],
+                                    **spec["defense"]["params"])
+
     def build_classifier(self, spec: dict) -> Classifier:
         """An untrained classifier of a train cell's spec (architecture, activation, transform)."""
         info = self.splits(spec["dataset"]).info
-        defense = self.registry.create("defenses", spec["defense"]["name"],
-                                       **spec["defense"]["params"])
+        defense = self.defense_of(spec)
         arch = self.registry.create("architectures", spec["architecture"]["name"],
                                     **spec["architecture"]["params"])
         net = arch.build(info, defense.activation(info) or nn.ReLU)
@@ -81,11 +97,7 @@ class Environment:
 
     def load_classifier(self, train_key: str) -> Classifier:
         """The trained classifier of a train cell, from hash-verified safetensors."""
-        spec = self._specs.get(train_key)
-        if spec is None:
-            row = next(c for c in self.store.cells("train") if c["key"] == train_key)
-            spec = row["spec"]
-        model = self.build_classifier(spec)
+        model = self.build_classifier(self.train_spec(train_key))
         digest = self.store.artifacts(train_key)["model"]
         model.load_state_dict(self.store.get_tensors(digest), strict=True)
         return model.to(self.device).eval()
@@ -140,8 +152,7 @@ def run_train(cell: Cell, env: Environment, progress: Progress) -> CellOutput:
     train, val = split_validation(splits.train, config.val_fraction, seed)
     seed_everything(seed)
     classifier = env.build_classifier(spec)
-    defense = env.registry.create("defenses", spec["defense"]["name"],
-                                  **spec["defense"]["params"])
+    defense = env.defense_of(spec)
     reference = None
     if "reference" in cell.deps:
         reference = env.load_classifier(cell.deps["reference"])
@@ -152,15 +163,10 @@ def run_train(cell: Cell, env: Environment, progress: Progress) -> CellOutput:
                               transform=classifier.transform, progress=progress)
     defense.fit(session)
     model = Classifier(session.model, info.bounds, session.transform).to(env.device).eval()
-    cost = session.cost()
-    ms = [Measurement(metric, float(cost[metric]), len(train))
-          for metric in ("median_epoch_seconds", "total_seconds", "forward_per_example",
-                         "backward_per_example", "data_copies", "passes_per_example",
-                         "final_val_accuracy")]
-    result = {"cost": cost, "history": [dataclasses.asdict(h) for h in session.history],
+    result = {"cost": session.cost(), "history": [dataclasses.asdict(h) for h in session.history],
               "num_parameters": sum(p.numel() for p in model.parameters()),
               "train_examples": len(train), "val_examples": len(val), "notes": session.notes}
-    return CellOutput(result, ms, {"model": model.state_dict()}, {})
+    return CellOutput(result, [], {"model": model.state_dict()}, {})
 
 
 def _attacks(cell: Cell, env: Environment) -> dict[str, Any]:
@@ -185,7 +191,13 @@ def _context(cell: Cell, env: Environment, progress: Progress, with_model: bool)
         model=env.load_classifier(cell.deps["model"]) if with_model else None,
         reference=env.load_classifier(cell.deps["reference"]) if "reference" in cell.deps
         else None,
-        shared=shared, prepared=prepared, progress=progress)
+        shared=shared, prepared=prepared, progress=progress,
+        train_records={role: env.train_record(key) for role, key in cell.deps.items()
+                       if role in ("model", "reference") or role.startswith("shared:")},
+        fresh_model=lambda role: env.build_classifier(env.train_spec(cell.deps[role]))
+        .to(env.device),
+        defense_of=lambda role: env.defense_of(env.train_spec(cell.deps[role])),
+        splits=splits)
 
 
 def run_prepare(cell: Cell, env: Environment, progress: Progress) -> CellOutput:
@@ -204,7 +216,17 @@ def run_eval(cell: Cell, env: Environment, progress: Progress) -> CellOutput:
     return CellOutput({"records": len(ms)}, ms, {}, {})
 
 
-RUNNERS = {"train": run_train, "prepare": run_prepare, "eval": run_eval}
+def run_flags(cell: Cell, env: Environment, progress: Progress) -> CellOutput:
+    from .sanity import compute_flags
+
+    own = [k for role, k in cell.deps.items() if not role.startswith("reference-")]
+    ref = [k for role, k in cell.deps.items() if role.startswith("reference-")]
+    flags = compute_flags(env.store.metrics(own), env.store.metrics(ref),
+                          set(cell.spec["single_step"]))
+    return CellOutput({"raised": [f.metric for f in flags if f.value]}, flags, {}, {})
+
+
+RUNNERS = {"train": run_train, "prepare": run_prepare, "eval": run_eval, "flags": run_flags}
 
 
 def run_cell(cell: Cell, env: Environment, progress: Progress) -> tuple[CellOutput, float]:

@@ -161,6 +161,10 @@ class Store:
                 return None
         return json.loads(row[0])
 
+    def cell(self, key: str) -> dict[str, Any] | None:
+        rows = self.cells(key=key)
+        return rows[0] if rows else None
+
     def artifacts(self, key: str) -> dict[str, str]:
         return dict(self.conn.execute("SELECT name, sha256 FROM artifacts WHERE cell_key=?",
                                       (key,)).fetchall())
@@ -219,15 +223,20 @@ class Store:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def cells(self, kind: str | None = None) -> list[dict[str, Any]]:
+    def cells(self, kind: str | None = None, key: str | None = None) -> list[dict[str, Any]]:
         sql = "SELECT key, kind, spec, labels, status, run_id, seconds, device, provenance, " \
               "result, error FROM cells"
-        args: tuple = ()
+        clauses, args = [], []
         if kind:
-            sql += " WHERE kind=?"
-            args = (kind,)
+            clauses.append("kind=?")
+            args.append(kind)
+        if key:
+            clauses.append("key=?")
+            args.append(key)
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
         out = []
-        for row in self.conn.execute(sql, args):
+        for row in self.conn.execute(sql, tuple(args)):
             key, kind_, spec, labels, status, run_id, seconds, device, prov, result, err = row
             out.append({"key": key, "kind": kind_, "spec": json.loads(spec),
                         "labels": json.loads(labels), "status": status, "run_id": run_id,
@@ -236,14 +245,19 @@ class Store:
                         "result": json.loads(result) if result else None, "error": err})
         return out
 
-    def metrics(self) -> list[dict[str, Any]]:
-        """Every metric record of finished cells, flat, with provenance."""
+    def metrics(self, cell_keys: list[str] | None = None) -> list[dict[str, Any]]:
+        """Every metric record of finished cells (or of ``cell_keys``), flat, with
+        provenance."""
         sql = ("SELECT m.dataset, m.architecture, m.defense, m.params, m.seed, m.protocol, "
                "m.attack, m.eps, m.metric, m.value, m.n, m.ci_low, m.ci_high, m.extra, "
                "m.cell_key, c.device, c.provenance, c.run_id FROM metrics m "
-               "JOIN cells c ON c.key = m.cell_key WHERE c.status='done' ORDER BY m.id")
+               "JOIN cells c ON c.key = m.cell_key WHERE c.status='done'")
+        args: tuple = ()
+        if cell_keys is not None:
+            sql += f" AND m.cell_key IN ({','.join('?' * len(cell_keys))})"
+            args = tuple(cell_keys)
         out = []
-        for r in self.conn.execute(sql):
+        for r in self.conn.execute(sql + " ORDER BY m.id", args):
             out.append({"dataset": r[0], "architecture": r[1], "defense": r[2],
                         "params": json.loads(r[3]) if r[3] else {}, "seed": r[4],
                         "protocol": r[5], "attack": r[6], "eps": r[7], "metric": r[8],

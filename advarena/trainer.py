@@ -12,6 +12,7 @@ cost shows as N+1 copies of the data at 1 + 1 passes each.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import statistics
@@ -65,6 +66,7 @@ class PassCounter:
         self.active = False
         self.forward_examples = 0
         self.sweeps = 0
+        self.sweep_examples = 0  # examples of the first output each sweep reached
         self._seen: set[int] = set()
         self._handle = module.register_forward_hook(self._on_forward)
 
@@ -80,6 +82,7 @@ class PassCounter:
         if task == -1 or task not in self._seen:
             self._seen.add(task)
             self.sweeps += 1
+            self.sweep_examples += grad.shape[0]
 
     def remove(self) -> None:
         self._handle.remove()
@@ -150,6 +153,8 @@ class TrainingSession:
                  transform: nn.Module | None = None,
                  progress: Callable[[str, int, int], None] | None = None) -> None:
         self.model = model.to(device)
+        if transform is not None:
+            transform = transform.to(device)
         self.info = info
         self.data = train.to(device)
         self.val = val.to(device)
@@ -167,11 +172,12 @@ class TrainingSession:
         self.trained_examples = 0
         self.weighted_sweeps = 0.0
         self.forward_examples = 0
-        self.data_copies: list[float] = []
         self.stages = 0
         # Free-form, JSON-ready facts a defense reports about its training (e.g. RAD's
         # examples added per round); stored with the train cell's result.
         self.notes: dict[str, Any] = {}
+        # One-off work between stages, measured by :meth:`measure`.
+        self.one_off: dict[str, dict[str, float]] = {}
 
     def make_optimizer(self, params, lr: float | None = None) -> torch.optim.Optimizer:
         lr = self.config.lr if lr is None else lr
@@ -180,17 +186,38 @@ class TrainingSession:
                                    weight_decay=self.config.weight_decay)
         return torch.optim.Adam(params, lr=lr, weight_decay=self.config.weight_decay)
 
+    @contextlib.contextmanager
+    def measure(self, label: str, model: nn.Module | None = None):
+        """Count the passes through ``model`` (default: the session's network) and the time of
+        one-off work between stages, such as crafting a fixed adversarial training set from
+        the reference or computing a teacher's soft labels. It is added to the cost record, so
+        every defense's cost covers all of its training work."""
+        counter = PassCounter(self.model if model is None else model)
+        counter.active = True
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            counter.active = False
+            counter.remove()
+            rec = self.one_off.setdefault(label, {"seconds": 0.0, "forward_examples": 0,
+                                                  "backward_examples": 0})
+            rec["seconds"] += time.perf_counter() - start
+            rec["forward_examples"] += counter.forward_examples
+            rec["backward_examples"] += counter.sweep_examples
+
     def train(self, *, epochs: int | None = None, data: TensorData | None = None,
               defense: Defense | None = None, model: nn.Module | None = None,
-              lr: float | None = None) -> None:
+              lr: float | None = None,
+              validate: Callable[[nn.Module], float] | None = None) -> None:
         """Run the standard loop: ``defense.augment`` once, then for each batch ``defense.loss``,
-        one optimiser step and ``defense.after_step``; validation accuracy after each epoch."""
+        one optimiser step and ``defense.after_step``; after each epoch the validation accuracy
+        (``validate(model)``, by default the accuracy of ``model`` on the validation split)."""
         defense = self.defense if defense is None else defense
         model = self.model if model is None else model
         epochs = self.config.epochs if epochs is None else epochs
         base = self.data if data is None else data.to(self.device)
         augmented = defense.augment(base, self.info, self.generator)
-        self.data_copies.append(len(augmented) / max(1, len(base)))
         stage = self.stages
         self.stages += 1
         optimizer = self.make_optimizer(model.parameters(), lr)
@@ -221,7 +248,8 @@ class TrainingSession:
                 mean_loss = float(torch.stack(losses).mean()) if losses else math.nan
                 # Epoch time excludes validation, as 000 Table I times training alone.
                 seconds = time.perf_counter() - start
-                val_acc = self.accuracy(model, self.val)
+                val_acc = (validate(model) if validate is not None
+                           else self.accuracy(model, self.val))
                 self.history.append(EpochRecord(stage, epoch, seconds, mean_loss, val_acc))
                 self.progress(f"train stage {stage}", epoch + 1, epochs)
         finally:
@@ -244,9 +272,12 @@ class TrainingSession:
         """The cost record of this cell (000 Table I's columns, plus pass counts)."""
         seconds = [h.seconds for h in self.history]
         n = max(1, self.trained_examples)
-        fwd = self.forward_examples / n
-        bwd = self.weighted_sweeps / n
-        copies = self.data_copies[0] if self.data_copies else 1.0
+        extra_fwd = sum(r["forward_examples"] for r in self.one_off.values())
+        extra_bwd = sum(r["backward_examples"] for r in self.one_off.values())
+        fwd = (self.forward_examples + extra_fwd) / n
+        bwd = (self.weighted_sweeps + extra_bwd) / n
+        # Training examples per original example and epoch, over all stages (RAD's grows).
+        copies = n / max(1, self.original_examples * len(self.history))
         elapsed, curve = 0.0, []
         for h in self.history:
             elapsed += h.seconds
@@ -255,7 +286,8 @@ class TrainingSession:
             "epochs": len(self.history),
             "stages": self.stages,
             "median_epoch_seconds": statistics.median(seconds) if seconds else 0.0,
-            "total_seconds": sum(seconds),
+            "total_seconds": sum(seconds) + sum(r["seconds"] for r in self.one_off.values()),
+            "one_off": self.one_off,
             "data_copies": copies,
             "forward_per_example": fwd,
             "backward_per_example": bwd,

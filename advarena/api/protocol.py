@@ -22,6 +22,11 @@ class Protocol(Plugin):
     Suites configure a protocol through its parameters (attacks, eps sweep, example count).
     """
 
+    def attack_names(self) -> tuple[str, ...]:
+        """The attack plugins this protocol runs (configured from the suite's ``[attacks.*]``
+        tables and part of its cells' keys); by default its ``attacks`` parameter."""
+        return tuple(getattr(self, "attacks", ()))
+
     def shared_models(self, setting: dict[str, Any]) -> dict[str, dict[str, Any]]:
         """Extra models this protocol needs, as ``{role: train spec}``. A train spec is a dict
         with keys ``defense`` (name), ``defense_params``, ``architecture``, ``seed``; the planner

@@ -39,8 +39,6 @@ def build_tables(store: Store, registry: Registry | None = None) -> list[dict[st
         by_model[_key(m)].append(m)
     cost = {k: {m["metric"]: m["value"] for m in ms if m["protocol"] == "training-cost"}
             for k, ms in by_model.items()}
-    reference_names = {c["labels"]["defense"] for c in store.cells("train")
-                       if c["labels"].get("role") == "reference"}
     tables: dict[tuple, dict] = {}
     for k, ms in by_model.items():
         wb = [m for m in ms if m["protocol"] == "white-box"]
@@ -54,12 +52,7 @@ def build_tables(store: Store, registry: Registry | None = None) -> list[dict[st
             norm = head["extra"].get("norm", "linf")
             per_attack = {m["attack"]: _stat(m) for m in wb if m["metric"] == "robust_accuracy"
                           and m["eps"] == head["eps"] and m["extra"].get("norm", norm) == norm}
-            ref_cost = next((cost[r] for r in cost if r[0] == dataset and r[1] == arch
-                             and r[2] in reference_names and r[4] == seed), {})
             c = cost.get(k, {})
-            overhead = None
-            if c.get("median_epoch_seconds") and ref_cost.get("median_epoch_seconds"):
-                overhead = c["median_epoch_seconds"] / ref_cost["median_epoch_seconds"]
             paper = ""
             if registry is not None:
                 try:
@@ -76,7 +69,7 @@ def build_tables(store: Store, registry: Registry | None = None) -> list[dict[st
                 "clean_accuracy": _stat(clean), "robust_accuracy": _stat(head),
                 "per_attack": per_attack,
                 "median_epoch_seconds": c.get("median_epoch_seconds"),
-                "overhead": overhead, "passes_per_example": c.get("passes_per_example"),
+                "overhead": c.get("overhead"), "passes_per_example": c.get("passes_per_example"),
                 "data_copies": c.get("data_copies"),
                 "flags": [],
             })

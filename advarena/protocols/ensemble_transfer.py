@@ -1,0 +1,104 @@
+"""Gradient-ensemble transfer (000 sec. V-C, Tables II-III)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..api import Measurement, Protocol
+from ..errors import ParameterError
+from ..evaluation import EvalContext, accuracy_measurement
+from ..params import param
+
+# Ensemble members are seeded apart from defended models and substitutes.
+MEMBER_SEED_OFFSET = 2000
+
+
+class EnsembleTransfer(Protocol):
+    """Transfer of adversarial examples crafted on ensembles of independently seeded undefended
+    models with the ``gradient-ensemble`` attack.
+
+    Paper: Seiler et al. (000) sec. V-C: six undefended models; the gradient-ensemble attack
+    (eq. 2-3) on 1, 3 and 5 of them at eps 4, 8, 16 /255; only images that *every* ensemble
+    member misclassifies are kept; the defended model's accuracy on those adversarials ("Adv.")
+    and on their clean originals ("True") is reported, with how many images were kept
+    (Table II); Table III repeats this across architectures.
+
+    The members (and the extracted sets) do not depend on the defense: they are trained and
+    crafted once and shared. Listing ``architectures`` other than the defended model's own
+    gives the cross-architecture rows of Table III.
+
+    Records per (architecture, size, eps): ``adv_accuracy`` ("Adv."), ``true_accuracy``
+    ("True"), ``kept`` (value = number of images kept); ``attack`` reads
+    ``gradient-ensemble@<arch>x<size>``.
+    """
+
+    name = "ensemble-transfer"
+    paper = "000 sec. V-C, Tables II-III"
+
+    members: int = param(6, ge=1, help="independently seeded undefended models")
+    sizes: tuple[int, ...] = param((1, 3, 5), ge=1, help="ensemble sizes")
+    eps: tuple[float, ...] = param((4 / 255, 8 / 255, 16 / 255), ge=0, help="attack budgets")
+    architectures: tuple[str, ...] = param((), help="member architectures (empty: the model's)")
+    attacks: tuple[str, ...] = param(("gradient-ensemble",), help="the ensemble attack")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if max(self.sizes) > self.members:
+            raise ParameterError(f"ensemble-transfer: size {max(self.sizes)} needs at least "
+                                 f"that many members, got members={self.members}")
+        if len(self.attacks) != 1:
+            raise ParameterError("ensemble-transfer: takes exactly one attack")
+
+    def _archs(self, setting_arch: str) -> list[str]:
+        return list(self.architectures) or [setting_arch]
+
+    def shared_models(self, setting: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        base = setting["seed"] + MEMBER_SEED_OFFSET
+        return {f"member-{arch}-{k}": {"defense": "none", "architecture": arch,
+                                       "seed": base + k}
+                for arch in self._archs(setting["architecture"]) for k in range(self.members)}
+
+    def _member_archs(self, ctx: EvalContext) -> list[str]:
+        return sorted({role.split("-", 1)[1].rsplit("-", 1)[0] for role in ctx.shared
+                       if role.startswith("member-")})
+
+    def prepare(self, ctx: EvalContext) -> dict[str, torch.Tensor]:
+        x, y = ctx.data.x, ctx.data.y
+        attack = ctx.attack(self.attacks[0])
+        out: dict[str, torch.Tensor] = {}
+        jobs = [(a, n, e) for a in self._member_archs(ctx) for n in self.sizes for e in self.eps]
+        for i, (arch, size, eps) in enumerate(jobs):
+            members = [ctx.shared[f"member-{arch}-{k}"] for k in range(size)]
+            x_adv = ctx.run_attack(attack, members, x, y, eps=eps)
+            fooled_all = torch.ones(len(x), dtype=torch.bool, device=x.device)
+            for m in members:
+                fooled_all &= ~ctx.correct(m, x_adv, y)
+            keep = fooled_all.nonzero().flatten()
+            out[f"{arch}|{size}|{eps!r}|x"] = x_adv[keep]
+            out[f"{arch}|{size}|{eps!r}|index"] = keep
+            ctx.progress("crafting", i + 1, len(jobs))
+        return out
+
+    def evaluate(self, ctx: EvalContext) -> list[Measurement]:
+        x, y = ctx.data.x, ctx.data.y
+        out = []
+        for arch in self._member_archs(ctx):
+            for size in self.sizes:
+                for eps in self.eps:
+                    index = ctx.prepared[f"{arch}|{size}|{eps!r}|index"].long()
+                    x_adv = ctx.prepared[f"{arch}|{size}|{eps!r}|x"]
+                    label = f"{self.attacks[0]}@{arch}x{size}"
+                    if len(index):  # no accuracy on an empty set; `kept` still says 0
+                        adv = ctx.correct(ctx.model, x_adv, y[index])
+                        true = ctx.correct(ctx.model, x[index], y[index])
+                        out.append(accuracy_measurement("adv_accuracy", adv, attack=label,
+                                                        eps=eps, members=size,
+                                                        member_architecture=arch))
+                        out.append(accuracy_measurement("true_accuracy", true, attack=label,
+                                                        eps=eps, members=size,
+                                                        member_architecture=arch))
+                    out.append(Measurement("kept", float(len(index)), len(x), attack=label,
+                                           eps=eps, extra={"members": size}))
+        return out

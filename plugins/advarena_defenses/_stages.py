@@ -1,0 +1,167 @@
+"""Helpers shared by the multi-stage defenses (``deepfool-at``, ``rad``, ``aec``, ``iaec``,
+``distillation``, ``feature-squeezing``). A private module: the registry skips it.
+
+Every training stage goes through ``session.train`` so the trainer measures it. Work a defense
+does once between stages (crafting a fixed set of adversarial examples, the teacher's soft
+labels) is measured with ``session.measure``, so its passes and time count in the cost record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from advarena.api import Attack, Defense, TensorData
+from advarena.errors import ParameterError
+from advarena.models import Classifier, predict
+from advarena.threat import run_checked
+
+# Batch size for crafting and prediction outside the training loop.
+CRAFT_BATCH = 256
+
+
+def parse_attack_params(items: Iterable[str], owner: str) -> dict[str, str]:
+    """``("steps=20", "lr=0.01")`` -> ``{"steps": "20", "lr": "0.01"}``. Values stay strings;
+    the attack's own parameter declarations coerce and validate them."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ParameterError(f"{owner}: attack_params entries must look like 'name=value', "
+                                 f"got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def make_attack(name: str, params: Iterable[str], owner: str, **fixed: Any) -> Attack:
+    """The registered attack ``name`` with ``fixed`` parameters (only those it declares)
+    overridden by the user's ``attack_params`` strings."""
+    from advarena.plugins import default_registry
+
+    cls = default_registry().get("attacks", name)
+    known = {p.name for p in cls.describe_params()}
+    merged = {k: v for k, v in fixed.items() if k in known and v is not None}
+    merged.update(parse_attack_params(params, owner))
+    return default_registry().create("attacks", name, **merged)
+
+
+def as_classifier(model: nn.Module, bounds: tuple[float, float]) -> nn.Module:
+    return model if hasattr(model, "bounds") else Classifier(model, bounds)
+
+
+def deployed(session, net: nn.Module | None = None) -> Classifier:
+    """The classifier as it will be deployed: the network behind the session's input transform
+    (if any), in the dataset's box."""
+    return Classifier(session.model if net is None else net, session.info.bounds,
+                      session.transform)
+
+
+def craft(session, attack: Attack, model: nn.Module, data: TensorData, *,
+          eps: float | None = None, note: str = "crafting") -> torch.Tensor:
+    """Adversarial examples of every input of ``data`` against ``model``, through the harness
+    (:func:`advarena.threat.run_checked`: box and budget checked), in batches, each batch with a
+    seed drawn from the session's CPU generator, measured as one-off work ``note``; the
+    attack and the number of examples go to ``session.notes[note]``."""
+    target = as_classifier(model, session.info.bounds)
+    bounded = attack.threat_model.budget == "bounded"
+    if bounded and eps is None:
+        eps = attack.default_eps()
+    out = []
+    # Measured as one-off work: its passes and time count in the defense's cost record.
+    with session.measure(note, model=target):
+        for i in range(0, len(data), CRAFT_BATCH):
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=session.cpu_generator))
+            out.append(run_checked(attack, target, data.x[i:i + CRAFT_BATCH],
+                                   data.y[i:i + CRAFT_BATCH], eps=eps if bounded else None,
+                                   seed=seed))
+    rec = session.notes.setdefault(note, {"attack": attack.name, "examples": 0})
+    rec["examples"] += len(data)
+    return torch.cat(out) if out else data.x[:0].clone()
+
+
+def predictions(session, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    was = model.training
+    model.eval()
+    try:
+        return predict(model, x, CRAFT_BATCH)
+    finally:
+        model.train(was)
+
+
+def subsample(session, index: torch.Tensor, limit: int) -> torch.Tensor:
+    """At most ``limit`` entries of ``index`` (0: all), drawn with the session's generator."""
+    if limit <= 0 or len(index) <= limit:
+        return index
+    pick = torch.randperm(len(index), generator=session.cpu_generator)[:limit]
+    return index[pick.to(index.device)].sort().values
+
+
+def concat(*parts: TensorData) -> TensorData:
+    return TensorData(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]))
+
+
+class WithExtra(Defense):
+    """A training stage that adds fixed ``extra`` examples to the data and otherwise behaves as
+    ``parent`` (its augmentation, targets, loss, regularisers and after-step hook), so a defense
+    composed with others keeps their hooks. The trainer records the stage's data copies as
+    (originals + extras) / originals."""
+
+    def __init__(self, parent: Defense, extra: TensorData) -> None:  # noqa: D107
+        # Not the dataclass __init__: a stage has no user parameters.
+        self.parent = parent
+        self.extra = extra
+
+    def __repr__(self) -> str:
+        return f"WithExtra({self.parent!r}, {len(self.extra)} extra)"
+
+    def augment(self, data, info, generator):
+        return self.parent.augment(concat(data, self.extra.to(data.x.device)), info, generator)
+
+    def targets(self, labels, num_classes):
+        return self.parent.targets(labels, num_classes)
+
+    def loss(self, model, x, y, ctx):
+        return self.parent.loss(model, x, y, ctx)
+
+    def regularizer(self, model, x, y, logits, ctx):
+        return self.parent.regularizer(model, x, y, logits, ctx)
+
+    def after_step(self, model, ctx):
+        return self.parent.after_step(model, ctx)
+
+
+class IndexedStage(Defense):
+    """A stage whose per-example targets are not class labels (reconstruction targets, soft
+    labels). Its data is ``TensorData(inputs, index)``: the "labels" the trainer batches are row
+    indices into the stage's own tables, so each batch finds its targets exactly."""
+
+    def __init__(self) -> None:  # noqa: D107 - no user parameters
+        pass
+
+    def __repr__(self) -> str:
+        return type(self).__name__
+
+
+def indexed(x: torch.Tensor) -> TensorData:
+    return TensorData(x, torch.arange(len(x), device=x.device))
+
+
+def reset_parameters(module: nn.Module) -> None:
+    """Re-initialise every layer that knows how (fresh weights from the global RNG)."""
+    for m in module.modules():
+        if m is not module and hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+
+
+def finetune(session, *, epochs: int, lr: float, cut_epochs: int, data=None,
+             defense: Defense | None = None, model: nn.Module | None = None) -> None:
+    """``epochs`` of training at ``lr``, the last ``cut_epochs`` of them at ``lr / 2`` (002's
+    schedule: "we cut the learning rate by 2x after four epochs"), each part one stage."""
+    cut = min(max(cut_epochs, 0), epochs - 1) if epochs > 1 else 0
+    if epochs - cut > 0:
+        session.train(epochs=epochs - cut, lr=lr, data=data, defense=defense, model=model)
+    if cut:
+        session.train(epochs=cut, lr=lr / 2, data=data, defense=defense, model=model)
