@@ -8,6 +8,10 @@ training batch it belongs to, however many forward branches it flows through. Th
 000 Table I: virtual-alpha with KL needs "a second forward-pass ... but no additional
 backward-pass" (2 forward + 1 backward), PGD training with I steps needs I+1 of each, and GDA's
 cost shows as N+1 copies of the data at 1 + 1 passes each.
+
+Known limit: one ``autograd.grad(..., is_grads_batched=True)`` call is one sweep to the counter,
+though it does the work of as many backward passes as it has cotangents; code that trains
+through such calls should loop instead (``deep-defense`` does).
 """
 
 from __future__ import annotations

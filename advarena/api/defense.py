@@ -21,7 +21,8 @@ of the same dataset, architecture and seed, for defenses that fine-tune (``deep-
 
 Defenses compose (:class:`Composite`): ``gda-brelu`` is ``gda`` with ``brelu``, and a user may ask
 for ``deep-defense+fgsm-at``. Hooks of the parts are chained; at most one part may override
-``loss``, ``activation``, ``input_transform`` or ``fit``.
+``loss``, ``activation``, ``input_transform``, ``targets`` or ``fit`` (checked when the
+composition is built).
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ class Composite(Defense):
         for c in components:
             self._parts.extend(c.parts())
         self._name = name or "+".join(p.name for p in self._parts)
-        for hook in ("loss", "activation", "input_transform", "fit"):
+        for hook in ("loss", "activation", "input_transform", "fit", "targets"):
             owners = [p.name for p in self._parts if _overrides(p, hook)]
             if len(owners) > 1:
                 raise ParameterError(
@@ -145,14 +146,8 @@ class Composite(Defense):
         return data
 
     def targets(self, labels: torch.Tensor, num_classes: int) -> torch.Tensor | None:
-        soft = None
-        for p in self._parts:
-            t = p.targets(labels, num_classes)
-            if t is not None:
-                if soft is not None:
-                    raise ParameterError(f"{self._name}: two parts set soft targets")
-                soft = t
-        return soft
+        owner = self._owner("targets")
+        return owner.targets(labels, num_classes) if owner else None
 
     def loss(self, model, x, y, ctx):
         owner = self._owner("loss")
