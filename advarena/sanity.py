@@ -37,9 +37,9 @@ def compute_flags(records: list[dict[str, Any]], reference: list[dict[str, Any]]
 
     wb = [r for r in records if r["protocol"] == "white-box"]
     worst_by_norm: dict[str, list[dict]] = defaultdict(list)
-    for r in sorted(wb, key=lambda r: r["eps"]):
-        if r["metric"] == "worst_case_accuracy":
-            worst_by_norm[r["extra"].get("norm", "linf")].append(r)
+    for r in sorted((r for r in wb if r["metric"] == "worst_case_accuracy"),
+                    key=lambda r: r["eps"]):
+        worst_by_norm[r["extra"].get("norm", "linf")].append(r)
     if worst_by_norm:
         tops = [w[-1] for w in worst_by_norm.values()]
         unbroken = [t for t in tops if t["value"] > LARGE_EPS_MAX_ACCURACY]

@@ -60,6 +60,19 @@ def tensors_to_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
     return st_save({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()})
 
 
+def _schema_version(db: Path) -> int | None:
+    """The schema version recorded in an existing database, read without writing to it."""
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    return int(row[0]) if row else None
+
+
 class Store:
     """A store directory. Open it with :meth:`open`; every write is one transaction."""
 
@@ -77,24 +90,24 @@ class Store:
         if not db.exists() and not create:
             raise StoreError(f"no advarena store at {root}; run 'advarena run' first or pass "
                              f"--store DIR")
+        if db.exists():
+            found = _schema_version(db)
+            if found is not None and found > SCHEMA_VERSION:
+                # Refused before anything is written: the newer store stays as it is.
+                raise StoreError(f"the store at {root} was written by a newer advarena (schema "
+                                 f"{found}, this one reads {SCHEMA_VERSION}); upgrade advarena "
+                                 f"or pass another --store")
         try:
             (root / "weights").mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(db, timeout=30, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.executescript(_SCHEMA)
-            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            if row is None:
-                conn.execute("INSERT INTO meta VALUES ('schema_version', ?)",
-                             (str(SCHEMA_VERSION),))
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                         (str(SCHEMA_VERSION),))
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the store at {root} ({exc}); pass --store DIR "
                              f"naming a writable directory") from None
-        if row is not None and int(row[0]) > SCHEMA_VERSION:
-            conn.close()
-            raise StoreError(f"the store at {root} was written by a newer advarena (schema "
-                             f"{row[0]}, this one reads {SCHEMA_VERSION}); upgrade advarena or "
-                             f"pass another --store")
         return cls(root, conn)
 
     def close(self) -> None:

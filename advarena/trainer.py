@@ -52,6 +52,13 @@ class TrainConfig:
     val_fraction: float = 0.1
 
     def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be an integer, got {getattr(self, name)!r}")
+        for name in ("lr", "momentum", "weight_decay", "val_fraction"):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name),
+                                                                       (int, float)):
+                raise ValueError(f"{name} must be a number, got {getattr(self, name)!r}")
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
             raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
         if self.optimizer not in ("adam", "sgd"):

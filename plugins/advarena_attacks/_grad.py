@@ -25,7 +25,7 @@ def loss_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.T
     """
     x = x.detach().requires_grad_(True)
     loss = F.cross_entropy(model(x), y, reduction="sum")
-    (grad,) = torch.autograd.grad(loss, x)
+    (grad,) = torch.autograd.grad(loss, x, materialize_grads=True)
     return grad
 
 
@@ -41,7 +41,7 @@ def loss_and_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     x = x.detach().requires_grad_(True)
     logits = model(x)
     losses = F.cross_entropy(logits, y, reduction="none")
-    (grad,) = torch.autograd.grad(losses.sum(), x)
+    (grad,) = torch.autograd.grad(losses.sum(), x, materialize_grads=True)
     return losses.detach(), grad, logits.detach()
 
 
