@@ -186,9 +186,13 @@ class Planner:
                    "reference": s.reference}
         shared = {}
         for role, tspec in proto.shared_models(setting).items():
+            # A shared model's defense takes the suite's parameters for that defense unless
+            # the protocol names its own.
+            d = tspec.get("defense", "none")
+            params = tspec.get("defense_params", s.defense_params.get(d, {}))
             shared[f"shared:{role}"] = self.train_cell(
-                dataset, tspec.get("architecture", arch), tspec.get("defense", "none"),
-                tspec.get("defense_params", {}), tspec.get("seed", seed), role)
+                dataset, tspec.get("architecture", arch), d, params, tspec.get("seed", seed),
+                role)
         attacks = {a: self._plugin_spec("attacks", a, s.attacks.get(a, {}))
                    for a in proto.attack_names()}
         dataset_spec = self._plugin_spec("datasets", dataset, s.dataset_params.get(dataset, {}))

@@ -58,13 +58,22 @@ def list_cmd(kind: str | None, as_json: bool) -> None:
         for col in ("name", "paper", "parameters", "from"):
             table.add_column(col, overflow="fold")
         for d in data[k]:
-            params = ", ".join(f"{p['name']}={p['default']!r}" for p in d["parameters"])
+            params = ", ".join(f"{p['name']}={_short(p['default'])}" for p in d["parameters"])
             name = d["name"] + (f" ({', '.join(d['aliases'])})" if d["aliases"] else "")
             table.add_row(name, d["paper"], params or "-",
                           f"{d['distribution']} {d['version']}".strip())
         console.print(table)
     for w in reg.warnings:
         err_console.print(f"warning: {w}", markup=False)
+
+
+def _short(value) -> str:
+    """Compact parameter defaults for the table (``0.0314`` rather than 0.03137254901960784)."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return "(" + ", ".join(_short(v) for v in value) + ")"
+    return repr(value)
 
 
 @cli.command("run")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn)
 
@@ -54,10 +55,11 @@ class RichProgress:
         if self.quiet:
             return
         if status == "done":
-            self.console.print(f"[green]done[/]   {cell.title} [dim]({seconds:.1f}s)[/]")
+            self.console.print(f"[green]done[/]   {escape(cell.title)} [dim]({seconds:.1f}s)[/]")
         elif status == "cached":
-            self.console.print(f"[cyan]stored[/] {cell.title} [dim](reused from the store)[/]")
+            self.console.print(f"[cyan]stored[/] {escape(cell.title)} "
+                               f"[dim](reused from the store)[/]")
         elif status == "failed":
-            self.console.print(f"[red]failed[/] {cell.title}: {error}", markup=False)
+            self.console.print(f"[red]failed[/] {escape(cell.title)}: {escape(str(error))}")
         else:
-            self.console.print(f"skipped {cell.title}: {error}", markup=False)
+            self.console.print(f"[yellow]skipped[/] {escape(cell.title)}: {escape(str(error))}")

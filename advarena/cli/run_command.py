@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from ..device import resolve_device
 from ..errors import AdvarenaError, DataError
@@ -92,7 +93,7 @@ def _report(console: Console, summary: dict, plan, store_dir: Path, output: Path
                   f"{summary['skipped']} skipped, in {summary['seconds']:.1f}s")
     console.print(f"defenses: {', '.join(plan.defenses)}; store: {store_dir}")
     for f in summary["failures"]:
-        console.print(f"[red]failed[/] {f['cell']}: {f['error']}", markup=False)
+        console.print(f"[red]failed[/] {escape(f['cell'])}: {escape(f['error'])}")
     if output is not None:
         console.print(f"records exported to {output}")
     if summary["failed"] or summary["skipped"]:
