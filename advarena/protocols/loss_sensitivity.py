@@ -18,7 +18,7 @@ def per_example_loss_gradients(model: nn.Module, x: torch.Tensor,
     the model is in eval mode, so examples do not interact)."""
     x = x.detach().requires_grad_(True)
     loss = F.cross_entropy(model(x), y, reduction="sum")
-    (grad,) = torch.autograd.grad(loss, x)
+    (grad,) = torch.autograd.grad(loss, x, materialize_grads=True)
     return grad
 
 
