@@ -235,3 +235,17 @@ def test_gda_brelu_raises_empirical_robustness_over_none(digits_model):
         ratio = (x_adv - data.x).flatten(1).norm(dim=1) / data.x.flatten(1).norm(dim=1)
         robustness[name] = float(ratio[fooled].mean())
     assert robustness["gda-brelu"] > 1.2 * robustness["none"]
+
+
+def test_repeated_attacks_report_error_rates_on_the_robust_learner(setup):
+    model, splits, data = setup
+    attacks = {"fgsm": advarena.attack("fgsm"),
+               "adam-evasion": advarena.attack("adam-evasion", steps=100)}
+    wb = advarena.protocol("white-box", attacks=("fgsm",), eps=(0.1,), headline_eps=0.1,
+                           repeated=("adam-evasion",))
+    ctx = context(splits, data, attacks, model=model)
+    recs = {r.metric: r for r in wb.evaluate(ctx)}
+    error = recs["repeated_error_rate"]
+    assert error.attack == "adam-evasion"
+    # Every clean error counts, and the attack adds errors on this undefended model.
+    assert error.value > 1 - recs["accuracy"].value

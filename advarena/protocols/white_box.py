@@ -25,6 +25,11 @@ class WhiteBox(Protocol):
       can never exceed clean accuracy (the convention of RobustBench).
     * ``worst_case_accuracy`` (per eps): robust only if *every* attack failed on that example;
       the record at ``headline_eps`` is marked ``headline`` for the leaderboard.
+    * ``repeated_error_rate`` (per ``repeated`` attack): 003 sec. 4.4's "additional attacks" on
+      the robust learner: the attacker attacks the defended model again with attacks of its
+      own choosing (003: coordinate greedy and Adam, which search for a minimal perturbation
+      within their iteration budget); the record is the share of examples that end up
+      misclassified (clean errors included, as 003's error rates are).
 
     Each record carries the per-example outcomes, so two defenses scored on the same examples
     can be compared with a paired test.
@@ -36,6 +41,10 @@ class WhiteBox(Protocol):
     attacks: tuple[str, ...] = param(("fgsm", "pgd"), help="bounded attacks to run")
     eps: tuple[float, ...] = param((0.02, 0.05, 0.1, 0.2, 0.3), ge=0, help="eps sweep")
     headline_eps: float = param(0.1, ge=0, help="the eps the leaderboard ranks by")
+    repeated: tuple[str, ...] = param((), help="003's additional attacks on the robust learner")
+
+    def attack_names(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((*self.attacks, *self.repeated)))
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -73,4 +82,11 @@ class WhiteBox(Protocol):
                 records.append(accuracy_measurement("worst_case_accuracy", worst,
                                                     attack="worst-case", eps=eps, norm=norm,
                                                     headline=headline))
+        for name in self.repeated:
+            attack = ctx.attack(name)
+            eps = None if attack.threat_model.budget == "minimal" else attack.default_eps()
+            x_adv = ctx.run_attack(attack, ctx.model, x, y, eps=eps)
+            records.append(accuracy_measurement("repeated_error_rate",
+                                                ~(clean & ctx.correct(ctx.model, x_adv, y)),
+                                                attack=name, eps=eps))
         return records
