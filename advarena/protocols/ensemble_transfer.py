@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import torch
@@ -93,12 +94,12 @@ class EnsembleTransfer(Protocol):
                     if len(index):  # no accuracy on an empty set; `kept` still says 0
                         adv = ctx.correct(ctx.model, x_adv, y[index])
                         true = ctx.correct(ctx.model, x[index], y[index])
-                        out.append(accuracy_measurement("adv_accuracy", adv, attack=label,
-                                                        eps=eps, members=size,
-                                                        member_architecture=arch))
-                        out.append(accuracy_measurement("true_accuracy", true, attack=label,
-                                                        eps=eps, members=size,
-                                                        member_architecture=arch))
+                        # Which examples were kept, so records of two defenses pair up.
+                        examples = hashlib.sha256(index.cpu().numpy().tobytes()).hexdigest()[:16]
+                        for metric, mask in (("adv_accuracy", adv), ("true_accuracy", true)):
+                            out.append(accuracy_measurement(metric, mask, attack=label, eps=eps,
+                                                            members=size, examples=examples,
+                                                            member_architecture=arch))
                     out.append(Measurement("kept", float(len(index)), len(x), attack=label,
                                            eps=eps, extra={"members": size}))
         return out
