@@ -55,7 +55,7 @@ def advarena_cell_progress(cell: Any, stage: str, done: int, total: int) -> None
 
 @hookspec
 def advarena_cell_finished(cell: Any, status: str, seconds: float, error: str | None) -> None:
-    """Called when a cell ends; status is 'done', 'cached' or 'failed'."""
+    """Called when a cell ends; status is 'done', 'cached', 'failed' or 'skipped'."""
 
 
 @hookspec
