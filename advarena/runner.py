@@ -1,12 +1,26 @@
 """Running one cell. A cell's function reads its inputs (datasets, stored weights) and returns
-data; only the driver writes the store, so executors (local or Ray) can run cells anywhere."""
+data; only the driver writes the store, so executors (local or Ray) can run cells anywhere.
+
+A plugin that fails fails its own cell with a :class:`CellError` whose message names the
+plugin and the reason (``attack 'x' (from dist) raised RuntimeError: ...``). Workers in other
+processes (the isolated local executor, Ray tasks) rebuild an :class:`Environment` from
+:class:`WorkerSettings`, run a cell with :func:`run_cell_encoded` and hand back plain data
+(JSON-ready dicts and safetensors bytes) for the driver to store: nothing is pickled to disk,
+and nothing a worker returns needs a plugin's classes to be read.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import importlib.util
+import json
+import math
 import platform
 import sys
 import time
+import traceback
+import types
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
@@ -16,15 +30,87 @@ from torch import nn
 
 from .api.data import Splits, TensorData
 from .api.records import Measurement
-from .device import seed_everything
+from .device import resolve_device, seed_everything
+from .errors import AdvarenaError, DataError, ThreatModelViolation
 from .evaluation import EvalContext
 from .models import Classifier
 from .plan import Cell
-from .plugins import Registry
-from .store import Store
+from .plugins import KINDS, Registry, make_plugin_manager
+from .store import Store, tensors_to_bytes
 from .trainer import TrainConfig, TrainingSession
 
 Progress = Callable[[str, int, int], None]
+
+
+class CellError(Exception):
+    """A cell failed because of one plugin; the message names the plugin and the reason."""
+
+
+def who(kind: str, plugin: Any) -> str:
+    """``attack 'pgd' (from advarena)``: how failures name a plugin."""
+    cls = plugin if isinstance(plugin, type) else type(plugin)
+    name = getattr(plugin, "name", "") or cls.__name__
+    dist = getattr(cls, "distribution", "")
+    return f"{kind} '{name}'" + (f" (from {dist})" if dist else "")
+
+
+@contextlib.contextmanager
+def blame(label: str):
+    """Re-raise any exception from the block as a :class:`CellError` naming ``label``. Data
+    errors (the user's input) and failures that already name their plugin pass through."""
+    try:
+        yield
+    except (DataError, CellError, ThreatModelViolation):
+        raise
+    except Exception as exc:
+        raise CellError(f"{label} raised {type(exc).__name__}: {exc}") from exc
+
+
+def describe_failure(exc: BaseException) -> tuple[str, str]:
+    """(one-line reason, full text with traceback) of a failed cell."""
+    if isinstance(exc, CellError | ThreatModelViolation):
+        reason = str(exc)
+    else:
+        reason = f"{type(exc).__name__}: {exc}"
+    reason = " ".join(reason.split()) or type(exc).__name__
+    return reason, reason + "\n" + "".join(traceback.format_exception(exc, limit=8))
+
+
+def cell_plugins(cell: Cell) -> str:
+    """The plugins a cell runs, for failures that cannot tell which one was at fault."""
+    spec = cell.spec
+    if cell.kind == "train":
+        return f"defense '{spec['defense']['name']}'"
+    if cell.kind in ("eval", "prepare"):
+        text = f"protocol '{spec['protocol']['name']}'"
+        if spec.get("attacks"):
+            text += " (attacks " + ", ".join(f"'{a}'" for a in spec["attacks"]) + ")"
+        return text
+    return f"cell '{cell.title}'"
+
+
+class Activity:
+    """What a cell is doing now (``defense 'x'``, ``attack 'y'``), so that a cell stopped by
+    its time limit can say which plugin it was in. ``listener`` hears every change."""
+
+    def __init__(self) -> None:
+        self.label = ""
+        self.listener: Callable[[str], None] | None = None
+
+    @contextlib.contextmanager
+    def doing(self, label: str):
+        before = self.label
+        self._set(label)
+        try:
+            yield
+        finally:
+            self._set(before)
+
+    def _set(self, label: str) -> None:
+        if label != self.label:
+            self.label = label
+            if self.listener is not None:
+                self.listener(label)
 
 
 @dataclasses.dataclass
@@ -45,19 +131,96 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class WorkerSettings:
+    """What a worker process needs to rebuild the driver's :class:`Environment`: plain data,
+    so it crosses process (and machine) boundaries."""
+
+    store: str
+    device: str  # as the user asked: auto, cpu, cuda[:N]
+    data_dir: str | None = None
+    download: bool = False
+    # plugins registered other than through entry points (module name, file): test fixtures
+    plugins: tuple[tuple[str, str], ...] = ()
+    entry_points: bool = True
+    threads: int = 0  # torch intra-op threads (0: torch's default)
+    channels_last: bool = False
+
+
+def plugin_recipe(pm) -> tuple[bool, tuple[tuple[str, str], ...]]:
+    """(entry points loaded?, the other registering plugins as (module name, file)) of a
+    plugin manager, so a worker can build the same registry. Observers (the progress
+    display) stay with the driver."""
+    from_dists = {id(p) for p, _ in pm.list_plugin_distinfo()}
+    hooks = [hook for hook, _ in KINDS.values()]
+    extra = []
+    for plugin in pm.get_plugins():
+        if id(plugin) in from_dists or not any(hasattr(plugin, h) for h in hooks):
+            continue
+        file = getattr(plugin, "__file__", None)
+        if not isinstance(plugin, types.ModuleType) or not file:
+            raise AdvarenaError(f"plugin '{pm.get_name(plugin)}' is not a module loaded from a "
+                                f"file, so worker processes cannot load it; install it as a "
+                                f"package with an 'advarena' entry point")
+        extra.append((plugin.__name__, str(file)))
+    return bool(from_dists), tuple(extra)
+
+
+def _load_module(name: str, file: str) -> types.ModuleType:
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, file)
+    if spec is None or spec.loader is None:
+        raise AdvarenaError(f"cannot load plugin module {name} from {file}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
 class Environment:
     """What cells share within one process: the registry, the store (read), the device and a
     cache of loaded datasets and models."""
 
     def __init__(self, registry: Registry, store: Store, device: torch.device,
-                 data_dir: Path | None = None, download: bool = False) -> None:
+                 data_dir: Path | None = None, download: bool = False, *,
+                 channels_last: bool = False, device_request: str | None = None) -> None:
         self.registry = registry
         self.store = store
         self.device = device
         self.data_dir = data_dir
         self.download = download
+        self.channels_last = channels_last
+        self.device_request = device_request or str(device)
+        self.activity = Activity()
         self._datasets: dict[str, Splits] = {}
         self._specs: dict[str, dict] = {}
+
+    def worker_settings(self) -> WorkerSettings:
+        entry_points, plugins = plugin_recipe(self.registry.pm)
+        return WorkerSettings(store=str(Path(self.store.root).resolve()),
+                              device=self.device_request,
+                              data_dir=str(Path(self.data_dir).resolve()) if self.data_dir
+                              else None, download=self.download, plugins=plugins,
+                              entry_points=entry_points, threads=torch.get_num_threads(),
+                              channels_last=self.channels_last)
+
+    @classmethod
+    def from_settings(cls, settings: WorkerSettings,
+                      device: torch.device | None = None) -> "Environment":
+        """A worker's environment: the same plugins, the driver's store opened read-only."""
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        modules = [_load_module(name, file) for name, file in settings.plugins]
+        registry = Registry(make_plugin_manager(modules, entry_points=settings.entry_points))
+        store = Store.open(settings.store, readonly=True)
+        return cls(registry, store, device or resolve_device(settings.device),
+                   Path(settings.data_dir) if settings.data_dir else None, settings.download,
+                   channels_last=settings.channels_last, device_request=settings.device)
 
     def splits(self, spec: dict) -> Splits:
         key = repr((spec["name"], sorted(spec["params"].items())))
@@ -113,11 +276,14 @@ class Environment:
                 plugins[role] = [self._dist(kind, n) for n in names]
         if cell.spec.get("attacks"):
             plugins["attacks"] = [self._dist("attacks", n) for n in cell.spec["attacks"]]
-        return {"cell_key": cell.key, "device": str(self.device),
-                "device_name": torch.cuda.get_device_name(self.device)
-                if self.device.type == "cuda" else platform.processor() or platform.machine(),
-                "versions": package_versions(), "plugins": plugins,
-                "platform": sys.platform}
+        out = {"cell_key": cell.key, "device": str(self.device),
+               "device_name": torch.cuda.get_device_name(self.device)
+               if self.device.type == "cuda" else platform.processor() or platform.machine(),
+               "versions": package_versions(), "plugins": plugins,
+               "platform": sys.platform, "host": platform.node()}
+        if cell.kind == "train":
+            out["channels_last"] = self.channels_last
+        return out
 
     def _dist(self, kind: str, name: str) -> dict[str, str]:
         e = self.registry.entry(kind, name)
@@ -151,26 +317,53 @@ def run_train(cell: Cell, env: Environment, progress: Progress) -> CellOutput:
     seed = spec["seed"]
     train, val = split_validation(splits.train, config.val_fraction, seed)
     seed_everything(seed)
-    classifier = env.build_classifier(spec)
     defense = env.defense_of(spec)
+    label = who("defense", defense)
+    with blame(f"{label} or architecture '{spec['architecture']['name']}'"):
+        classifier = env.build_classifier(spec)
     reference = None
     if "reference" in cell.deps:
         reference = env.load_classifier(cell.deps["reference"])
         # Fine-tuning defenses start from the reference network's weights.
         classifier.net.load_state_dict(reference.net.state_dict())
-    session = TrainingSession(classifier.net, info, train, val, config, defense,
-                              device=env.device, seed=seed, reference=reference,
-                              transform=classifier.transform, progress=progress)
-    defense.fit(session)
-    model = Classifier(session.model, info.bounds, session.transform).to(env.device).eval()
+    with env.activity.doing(label), blame(label):
+        session = TrainingSession(classifier.net, info, train, val, config, defense,
+                                  device=env.device, seed=seed, reference=reference,
+                                  transform=classifier.transform, progress=progress,
+                                  channels_last=env.channels_last)
+        defense.fit(session)
+        model = Classifier(session.model, info.bounds, session.transform).to(env.device).eval()
+    _check_finite_weights(model, label)
     result = {"cost": session.cost(), "history": [dataclasses.asdict(h) for h in session.history],
               "num_parameters": sum(p.numel() for p in model.parameters()),
               "train_examples": len(train), "val_examples": len(val), "notes": session.notes}
     return CellOutput(result, [], {"model": model.state_dict()}, {})
 
 
+def _check_finite_weights(model: nn.Module, label: str) -> None:
+    params = [(n, p) for n, p in model.named_parameters() if p.is_floating_point()]
+    bad = [n for n, p in params if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise CellError(f"{label} produced non-finite weights ({len(bad)} of {len(params)} "
+                        f"parameter tensors, e.g. {bad[0]}): training diverged")
+
+
+def _guarded(attack: Any, env: Environment) -> Any:
+    """The attack with its ``run`` wrapped so that an exception names the attack and a time
+    limit can tell that the cell was inside it."""
+    label = who("attack", attack)
+    run = attack.run
+
+    def run_guarded(*args: Any, **kwargs: Any) -> Any:
+        with env.activity.doing(label), blame(label):
+            return run(*args, **kwargs)
+
+    object.__setattr__(attack, "run", run_guarded)
+    return attack
+
+
 def _attacks(cell: Cell, env: Environment) -> dict[str, Any]:
-    return {name: env.registry.create("attacks", name, **s["params"])
+    return {name: _guarded(env.registry.create("attacks", name, **s["params"]), env)
             for name, s in cell.spec.get("attacks", {}).items()}
 
 
@@ -203,17 +396,46 @@ def _context(cell: Cell, env: Environment, progress: Progress, with_model: bool)
 def run_prepare(cell: Cell, env: Environment, progress: Progress) -> CellOutput:
     proto = env.registry.create("protocols", cell.spec["protocol"]["name"],
                                 **cell.spec["protocol"]["params"])
+    label = who("protocol", proto)
     seed_everything(cell.spec["seed"])
-    tensors = proto.prepare(_context(cell, env, progress, with_model=False))
+    ctx = _context(cell, env, progress, with_model=False)
+    with env.activity.doing(label), blame(label):
+        tensors = proto.prepare(ctx)
+    if not isinstance(tensors, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()):
+        raise CellError(f"{label}: prepare returned {type(tensors).__name__}, not a dict of "
+                        f"named tensors")
     return CellOutput({"tensors": sorted(tensors)}, [], {"prepared": tensors}, {})
 
 
 def run_eval(cell: Cell, env: Environment, progress: Progress) -> CellOutput:
     proto = env.registry.create("protocols", cell.spec["protocol"]["name"],
                                 **cell.spec["protocol"]["params"])
+    label = who("protocol", proto)
     seed_everything(cell.spec["seed"])
-    ms = proto.evaluate(_context(cell, env, progress, with_model=True))
+    ctx = _context(cell, env, progress, with_model=True)
+    with env.activity.doing(label), blame(label):
+        ms = proto.evaluate(ctx)
+    _check_measurements(ms, label)
     return CellOutput({"records": len(ms)}, ms, {}, {})
+
+
+def _check_measurements(ms: Any, label: str) -> None:
+    """What a protocol returned must be storable: a list of Measurement whose numbers are
+    numbers and whose ``extra`` is JSON."""
+    if not isinstance(ms, list) or not all(isinstance(m, Measurement) for m in ms):
+        raise CellError(f"{label} returned {type(ms).__name__}, not a list of Measurement")
+    for m in ms:
+        try:
+            json.dumps(m.extra)
+            bad = [n for n in ("value", "eps")
+                   if getattr(m, n) is not None and math.isnan(getattr(m, n))]
+        except (TypeError, ValueError) as exc:
+            raise CellError(f"{label} returned metric '{m.metric}' that cannot be stored: "
+                            f"{exc}") from None
+        if bad:
+            raise CellError(f"{label} returned NaN for {', '.join(bad)} of metric "
+                            f"'{m.metric}'")
 
 
 def run_flags(cell: Cell, env: Environment, progress: Progress) -> CellOutput:
@@ -234,3 +456,44 @@ def run_cell(cell: Cell, env: Environment, progress: Progress) -> tuple[CellOutp
     out = RUNNERS[cell.kind](cell, env, progress)
     out.provenance = env.provenance(cell)
     return out, time.perf_counter() - start
+
+
+# -- the wire format between workers and the driver ------------------------------------------
+
+def encode_output(out: CellOutput) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """A cell's output as a JSON-ready header and safetensors bytes per artifact."""
+    header = {"result": out.result, "provenance": out.provenance,
+              "measurements": [dataclasses.asdict(m) for m in out.measurements]}
+    return header, {name: tensors_to_bytes(t) for name, t in out.tensors.items()}
+
+
+def decode_measurements(rows: list[dict[str, Any]]) -> list[Measurement]:
+    fields = {f.name for f in dataclasses.fields(Measurement)}
+    return [Measurement(**{k: v for k, v in row.items() if k in fields}) for row in rows]
+
+
+def cell_to_dict(cell: Cell) -> dict[str, Any]:
+    return dataclasses.asdict(cell)
+
+
+def cell_from_dict(data: dict[str, Any]) -> Cell:
+    return Cell(**data)
+
+
+def run_cell_encoded(cell: Cell, env: Environment, progress: Progress) -> dict[str, Any]:
+    """Run ``cell`` in a worker and return plain data for the driver:
+
+    * ``{"status": "done", "header": {...}, "blobs": {name: bytes}, "seconds": s}``
+    * ``{"status": "failed", "reason": one line naming the plugin, "detail": traceback}``
+    * ``{"status": "data-error", "reason": ...}``: the user's data is missing; the run stops.
+    """
+    try:
+        out, seconds = run_cell(cell, env, progress)
+        header, blobs = encode_output(out)
+        json.dumps(header)  # fail here, in the worker, if it could not be stored
+    except DataError as exc:
+        return {"status": "data-error", "reason": str(exc)}
+    except (Exception, SystemExit) as exc:  # a plugin's fault fails its own cell only
+        reason, detail = describe_failure(exc)
+        return {"status": "failed", "reason": reason, "detail": detail}
+    return {"status": "done", "header": header, "blobs": blobs, "seconds": seconds}

@@ -9,6 +9,7 @@ Layout of a store directory::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -60,6 +61,22 @@ def tensors_to_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
     return st_save({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()})
 
 
+def _check_safetensors_header(data: bytes) -> None:
+    """Refuse bytes that are not a safetensors file (an 8-byte little-endian header length
+    and a JSON header), without deserialising any tensor."""
+    ok = len(data) >= 8
+    if ok:
+        n = int.from_bytes(data[:8], "little")
+        ok = 8 + n <= len(data)
+        if ok:
+            try:
+                ok = isinstance(json.loads(data[8:8 + n]), dict)
+            except ValueError:
+                ok = False
+    if not ok:
+        raise StoreError("refusing to store weights that are not a safetensors file")
+
+
 def _schema_version(db: Path) -> int | None:
     """The schema version recorded in an existing database, read without writing to it."""
     try:
@@ -82,9 +99,14 @@ class Store:
         self.weights = root / "weights"
 
     @classmethod
-    def open(cls, root: str | Path = DEFAULT_STORE, *, create: bool = True) -> "Store":
+    def open(cls, root: str | Path = DEFAULT_STORE, *, create: bool = True,
+             readonly: bool = False) -> "Store":
+        """Open (or create) the store at ``root``. ``readonly`` opens an existing store for
+        reading only (executor workers: the driver alone writes)."""
         root = Path(root)
         db = root / "results.sqlite"
+        if readonly:
+            return cls._open_readonly(root, db)
         if root.exists() and not root.is_dir():
             raise StoreError(f"store path {root} is a file; pass --store DIR naming a directory")
         if not db.exists() and not create:
@@ -110,6 +132,20 @@ class Store:
                              f"naming a writable directory") from None
         return cls(root, conn)
 
+    @classmethod
+    def _open_readonly(cls, root: Path, db: Path) -> "Store":
+        if not db.is_file():
+            raise StoreError(f"no advarena store at {root}; the workers read the driver's store "
+                             f"and need its directory (a shared filesystem on a cluster)")
+        try:
+            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30,
+                                   isolation_level=None)
+            conn.execute("PRAGMA query_only=ON")
+            conn.execute("SELECT 1 FROM cells LIMIT 1").fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the store at {root} ({exc})") from None
+        return cls(root, conn)
+
     def close(self) -> None:
         self.conn.close()
 
@@ -117,16 +153,27 @@ class Store:
 
     def put_tensors(self, tensors: dict[str, torch.Tensor]) -> tuple[str, int]:
         """Write a safetensors file named by its content hash; return (sha256, bytes)."""
-        data = tensors_to_bytes(tensors)
+        return self.put_bytes(tensors_to_bytes(tensors))
+
+    def put_bytes(self, data: bytes) -> tuple[str, int]:
+        """Store serialised safetensors bytes (as a worker returns them) under their content
+        hash; return (sha256, bytes). A file already there is kept only if it verifies: a
+        tampered or truncated one is replaced, so rebuilding a cell repairs its weights."""
+        _check_safetensors_header(data)
         digest = sha256_bytes(data)
         path = self.weights / f"{digest}.safetensors"
-        if not path.exists():
+        if not self.artifact_ok(digest):
             fd, tmp = tempfile.mkstemp(dir=self.weights, suffix=".tmp")
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)  # atomic: a killed run never leaves a half-written file
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)  # atomic: a killed run never leaves a half-written file
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
         return digest, len(data)
 
     def get_tensors(self, digest: str) -> dict[str, torch.Tensor]:
@@ -279,6 +326,16 @@ class Store:
                         "device": r[15], "provenance": json.loads(r[16]) if r[16] else {},
                         "run_id": r[17]})
         return out
+
+    def failures(self) -> list[dict[str, Any]]:
+        """Failed cells, newest first: ``kind``, ``labels``, ``error`` (the one-line reason,
+        which names the plugin), ``detail`` (the full text, traceback included), ``run_id``,
+        ``finished`` and ``key``. A cell that later succeeds replaces its failed row."""
+        rows = self.conn.execute("SELECT key, kind, labels, error, run_id, finished FROM cells "
+                                 "WHERE status='failed' ORDER BY finished DESC").fetchall()
+        return [{"key": k, "kind": kind, "labels": json.loads(labels),
+                 "error": (err or "").split("\n", 1)[0], "detail": err or "", "run_id": rid,
+                 "finished": fin} for k, kind, labels, err, rid, fin in rows]
 
     def runs(self) -> list[dict[str, Any]]:
         rows = self.conn.execute("SELECT id, started, finished, suite, argv, device, versions, "

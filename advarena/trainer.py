@@ -50,6 +50,12 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     val_fraction: float = 0.1
+    # Mixed precision of the training step (``torch.autocast``): "off", "bf16" or "fp16".
+    # Attacks run inside training (adversarial training) stay in float32 unless
+    # ``amp_attacks``. Both change the trained weights, so they are part of the cell key;
+    # at their defaults they are left out of it (keys of full-precision cells never change).
+    amp: str = "off"
+    amp_attacks: bool = False
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -65,9 +71,28 @@ class TrainConfig:
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError("val_fraction must be in [0, 1)")
+        if self.amp not in AMP_DTYPES:
+            raise ValueError(f"amp must be one of {', '.join(AMP_DTYPES)}, got {self.amp!r}")
+        if not isinstance(self.amp_attacks, bool):
+            raise ValueError(f"amp_attacks must be true or false, got {self.amp_attacks!r}")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        for name in _KEY_OPTIONAL:  # at their defaults, left out: existing keys stay valid
+            if out[name] == _KEY_OPTIONAL[name]:
+                del out[name]
+        return out
+
+
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _grad_scaler(device_type: str):
+    try:
+        return torch.amp.GradScaler(device_type)
+    except AttributeError:  # torch < 2.3
+        return torch.cuda.amp.GradScaler(enabled=device_type == "cuda")
+_KEY_OPTIONAL = {"amp": "off", "amp_attacks": False}
 
 
 class PassCounter:
@@ -137,7 +162,8 @@ class StepContext:
 
         target = model if hasattr(model, "bounds") else Classifier(model, self.info.bounds)
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.session.cpu_generator))
-        return run_checked(attack, target, x, y, eps=eps, seed=seed)
+        with self.session.attack_precision():
+            return run_checked(attack, target, x, y, eps=eps, seed=seed)
 
 
 @dataclasses.dataclass
@@ -162,8 +188,12 @@ class TrainingSession:
                  val: TensorData, config: TrainConfig, defense: Defense, *,
                  device: torch.device, seed: int, reference: nn.Module | None = None,
                  transform: nn.Module | None = None,
-                 progress: Callable[[str, int, int], None] | None = None) -> None:
+                 progress: Callable[[str, int, int], None] | None = None,
+                 channels_last: bool = False) -> None:
         self.model = model.to(device)
+        # channels_last (NHWC) speeds up convolutions on GPUs with tensor cores; it changes the
+        # memory layout only (weights are stored contiguous), so it is not part of the key.
+        self.channels_last = channels_last
         if transform is not None:
             transform = transform.to(device)
         self.info = info
@@ -189,6 +219,24 @@ class TrainingSession:
         self.notes: dict[str, Any] = {}
         # One-off work between stages, measured by :meth:`measure`.
         self.one_off: dict[str, dict[str, float]] = {}
+
+    def autocast(self):
+        """The mixed-precision context of a training step (a no-op when ``amp`` is off)."""
+        dtype = AMP_DTYPES[self.config.amp]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def attack_precision(self):
+        """Attacks inside training run in float32 unless the config asks for ``amp_attacks``."""
+        if self.config.amp == "off" or self.config.amp_attacks:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, enabled=False)
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def make_optimizer(self, params, lr: float | None = None) -> torch.optim.Optimizer:
         lr = self.config.lr if lr is None else lr
@@ -234,6 +282,10 @@ class TrainingSession:
         optimizer = self.make_optimizer(model.parameters(), lr)
         counter = PassCounter(model)
         bs = self.config.batch_size
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        # fp16 needs loss scaling against underflowing gradients; bf16 has float32's range.
+        scaler = _grad_scaler(self.device.type) if self.config.amp == "fp16" else None
         try:
             for epoch in range(epochs):
                 model.train()
@@ -242,19 +294,27 @@ class TrainingSession:
                 losses = []
                 for step, i in enumerate(range(0, len(augmented), bs)):
                     idx = order[i:i + bs].to(self.device)
-                    xb, yb = augmented.x[idx], augmented.y[idx]
+                    xb, yb = self._layout(augmented.x[idx]), augmented.y[idx]
                     ctx = StepContext(self, defense, epoch, step)
                     counter.active = True
                     sweeps_before = counter.sweeps
-                    loss = defense.loss(model, xb, yb, ctx)
+                    with self.autocast():
+                        loss = defense.loss(model, xb, yb, ctx)
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    if scaler is not None:
+                        scaler.scale(loss).backward()
+                    else:
+                        loss.backward()
                     counter.active = False
                     self.weighted_sweeps += (counter.sweeps - sweeps_before) * len(idx)
-                    optimizer.step()
+                    if scaler is not None:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
                     with torch.no_grad():
                         defense.after_step(model, ctx)
-                    losses.append(loss.detach())
+                    losses.append(loss.detach().float())
                 self.trained_examples += len(augmented)
                 mean_loss = float(torch.stack(losses).mean()) if losses else math.nan
                 # Epoch time excludes validation, as 000 Table I times training alone.

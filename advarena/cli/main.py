@@ -93,21 +93,40 @@ def _short(value) -> str:
 @click.option("--output", type=click.Path(path_type=Path), default=None,
               help="Export every stored metric record as JSON to this file.")
 @click.option("--quiet", is_flag=True, help="No progress display.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
+              show_default=True,
+              help="local: cells one after another here; ray: one Ray task a cell.")
+@click.option("--address", default=None, metavar="ADDR",
+              help="Ray cluster to use with --executor ray (default: RAY_ADDRESS, else a "
+                   "local instance started for the run).")
+@click.option("--cell-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              metavar="SECONDS",
+              help="Fail any cell still running after SECONDS (cells then run in a child "
+                   "process that is killed). Default: the suite's [eval] cell_timeout, else "
+                   "no limit.")
+@click.option("--amp", type=click.Choice(["bf16", "fp16"]), default=None, is_flag=False,
+              flag_value="bf16",
+              help="Mixed-precision training (bf16 if no value; fp16 is for CUDA). Attacks "
+                   "and evaluation stay in float32.")
+@click.option("--channels-last", is_flag=True,
+              help="Train convolutional networks in channels_last memory layout (GPUs).")
 def run_cmd(suite, defenses, datasets, protocols, store_dir, device, seed, data_dir, download,
-            output, quiet) -> None:
+            output, quiet, executor, address, cell_timeout, amp, channels_last) -> None:
     """Train (or reuse) the models a suite needs and run its protocols.
 
     \b
     Example:
       advarena run --defense gda-brelu
       advarena run --suite quick --defense none --defense fgsm-at --output results.json
+      advarena run --executor ray --address auto --cell-timeout 3600
     """
     from .run_command import execute_run
 
     code = execute_run(console, suite=suite, defenses=list(defenses), datasets=list(datasets),
                        protocols=list(protocols), store_dir=store_dir, device=device,
                        seed=seed, data_dir=data_dir, download=download, output=output,
-                       quiet=quiet)
+                       quiet=quiet, executor=executor, address=address,
+                       cell_timeout=cell_timeout, amp=amp, channels_last=channels_last)
     sys.exit(code)
 
 
@@ -118,29 +137,39 @@ def run_cmd(suite, defenses, datasets, protocols, store_dir, device, seed, data_
               type=click.Path(path_type=Path), help="Directory to write into.")
 @click.option("--format", "formats", default="md,html,json", show_default=True,
               help="Comma-separated formats: md, html, json.")
-def leaderboard_cmd(store_dir: Path, out_dir: Path, formats: str) -> None:
-    """Render the store's leaderboards as Markdown, HTML and JSON.
+@click.option("--plots", "plot_format", default="png", show_default=True,
+              type=click.Choice(["png", "svg", "none"]),
+              help="Image format of the detail pages' plots, or none.")
+def leaderboard_cmd(store_dir: Path, out_dir: Path, formats: str, plot_format: str) -> None:
+    """Render the store's leaderboards as Markdown, HTML and JSON, with one detail page per
+    row (parameters, provenance, every metric, plots) under OUT/details/.
 
     \b
     Example:
       advarena leaderboard --out leaderboards --format md,html
+      advarena leaderboard --store .advarena --out site --format html --plots svg
     """
     from ..plugins import default_registry
     from ..report.leaderboard import write_leaderboards
     from ..store import Store
 
-    fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
+    fmts = tuple(dict.fromkeys(f.strip() for f in formats.split(",") if f.strip()))
     bad = [f for f in fmts if f not in ("md", "html", "json")]
     if bad or not fmts:
         raise AdvarenaError(f"unknown leaderboard format '{','.join(bad) or formats}'; use a "
                             f"comma-separated list of md, html, json")
     store = Store.open(store_dir, create=False)
     try:
-        written = write_leaderboards(store, out_dir, fmts, default_registry())
+        written = write_leaderboards(store, out_dir, fmts, default_registry(),
+                                     plots=None if plot_format == "none" else plot_format)
     finally:
         store.close()
     for fmt, path in written.items():
-        console.print(f"{fmt:5} {path}")
+        if fmt == "details":
+            pages = len({p.stem for p in path.iterdir() if p.suffix in (".md", ".html")})
+            console.print(f"{'details':7} {path}/ ({pages} pages)", markup=False)
+        else:
+            console.print(f"{fmt:7} {path}", markup=False)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -168,6 +197,11 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
 
+
+from .compare_command import compare_cmd  # noqa: E402
+cli.add_command(compare_cmd)
+from .new_plugin_command import new_plugin_cmd  # noqa: E402
+cli.add_command(new_plugin_cmd)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import uuid
 from pathlib import Path
@@ -11,8 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..device import resolve_device
-from ..errors import AdvarenaError, DataError
-from ..executors import LocalExecutor
+from ..errors import AdvarenaError, DataError, SuiteError
+from ..executors import make_executor
 from ..plan import make_plan
 from ..plugins import default_registry
 from ..report.export import records, write_records
@@ -25,10 +26,25 @@ from .progress import RichProgress
 def execute_run(console: Console, *, suite: str, defenses: list[str], datasets: list[str],
                 protocols: list[str], store_dir: Path, device: str, seed: int | None,
                 data_dir: Path | None, download: bool, output: Path | None,
-                quiet: bool) -> int:
-    """Run and return the exit status: 0 complete, 1 incomplete (some cells failed)."""
+                quiet: bool, executor: str = "local", address: str | None = None,
+                cell_timeout: float | None = None, amp: str | None = None,
+                channels_last: bool = False) -> int:
+    """Run and return the exit status: 0 complete, 1 incomplete (some cells failed).
+
+    Everything the user can get wrong is checked before the store is opened (suite, plugin
+    names and parameters, data directory, device, output path, executor options), so a bad
+    command leaves the store as it was."""
+    if address is not None and executor != "ray":
+        raise AdvarenaError("--address names a Ray cluster; use it with --executor ray")
     reg = default_registry()
-    s = load_suite(suite)
+    try:
+        s = load_suite(suite)
+    except UnicodeDecodeError:
+        raise SuiteError(f"cannot read suite file {suite}: it is not UTF-8 text; pass --suite "
+                         f"with a TOML file") from None
+    cell_timeout = _cell_timeout(cell_timeout, s)
+    if amp:
+        s = dataclasses.replace(s, train={**s.train, "amp": amp})
     if datasets:
         for d in datasets:
             reg.entry("datasets", d)
@@ -47,9 +63,34 @@ def execute_run(console: Console, *, suite: str, defenses: list[str], datasets: 
     dev = resolve_device(device)
     if output is not None:
         _check_writable(output)
+    _check_store_dir(store_dir)
+    owns_ray = False
+    try:
+        if executor == "ray":  # reach the cluster before anything is written
+            from ..executors.ray_executor import connect
+
+            owns_ray = connect(address)
+        summary = _execute(console, reg, s, plan, store_dir=store_dir, dev=dev, device=device,
+                           data_dir=data_dir, download=download, output=output, quiet=quiet,
+                           executor=executor, address=address, cell_timeout=cell_timeout,
+                           channels_last=channels_last)
+    finally:
+        if owns_ray:
+            import ray
+
+            ray.shutdown()
+    _report(console, summary, plan, store_dir, output)
+    return 0 if not summary["failed"] and not summary["skipped"] else 1
+
+
+def _execute(console: Console, reg, s, plan, *, store_dir: Path, dev, device: str,
+             data_dir: Path | None, download: bool, output: Path | None, quiet: bool,
+             executor: str, address: str | None, cell_timeout: float | None,
+             channels_last: bool) -> dict:
     store = Store.open(store_dir)
     try:
-        env = Environment(reg, store, dev, data_dir, download)
+        env = Environment(reg, store, dev, data_dir, download, channels_last=channels_last,
+                          device_request=device)
         run_id = uuid.uuid4().hex[:12]
         store.start_run(run_id, s.to_dict(), sys.argv[1:], str(dev), package_versions())
         listener = RichProgress(console, quiet=quiet)
@@ -57,8 +98,10 @@ def execute_run(console: Console, *, suite: str, defenses: list[str], datasets: 
         status = "interrupted"
         try:
             with listener:
-                summary = LocalExecutor(env, reg.pm.hook).run(plan, run_id)
-            status = "complete" if not summary["failed"] else "incomplete"
+                summary = make_executor(executor, env, reg.pm.hook, address=address,
+                                        cell_timeout=cell_timeout).run(plan, run_id)
+            status = "complete" if not (summary["failed"] or summary["skipped"]) \
+                else "incomplete"
         finally:
             reg.pm.unregister(listener)
             store.finish_run(run_id, status)
@@ -66,23 +109,60 @@ def execute_run(console: Console, *, suite: str, defenses: list[str], datasets: 
             write_records(output, records(store))
     finally:
         store.close()
-    _report(console, summary, plan, store_dir, output)
-    return 0 if not summary["failed"] and not summary["skipped"] else 1
+    return summary
+
+
+def _cell_timeout(option: float | None, s) -> float | None:
+    """``--cell-timeout`` wins over the suite's ``[eval] cell_timeout``."""
+    if option is not None:
+        return float(option)
+    value = s.eval.get("cell_timeout")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise SuiteError(f"suite {s.source}: [eval] cell_timeout must be a number of seconds "
+                         f"> 0, got {value!r}")
+    return float(value)
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 def _check_writable(path: Path) -> None:
-    parent = path.parent if str(path.parent) else Path(".")
+    """Refuse an --output the run could not write, before any work is done."""
     if path.is_dir():
         raise AdvarenaError(f"--output {path} is a directory; pass a file path such as "
                             f"results.json")
-    if parent.exists() and not (parent.is_dir() and _can_write(parent)):
+    parent = _existing_ancestor(path.parent if str(path.parent) else Path("."))
+    if not parent.is_dir():
+        raise AdvarenaError(f"cannot write --output {path}: {parent} is not a directory")
+    if not _can_write(parent):
         raise AdvarenaError(f"cannot write --output {path}: {parent} is not writable")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise AdvarenaError(f"cannot write --output {path}: the file is read-only")
+
+
+def _check_store_dir(store_dir: Path) -> None:
+    """A store that cannot be written fails before it is opened, with the path named."""
+    if store_dir.exists():
+        if not store_dir.is_dir():
+            return  # Store.open explains
+        if not _can_write(store_dir):
+            raise AdvarenaError(f"cannot write to the store {store_dir}: the directory is "
+                                f"read-only; pass --store DIR naming a writable directory")
+        return
+    parent = _existing_ancestor(store_dir)
+    if parent.is_dir() and not _can_write(parent):
+        raise AdvarenaError(f"cannot create the store {store_dir}: {parent} is not writable; "
+                            f"pass --store DIR naming a writable directory")
 
 
 def _can_write(directory: Path) -> bool:
-    import os
-
-    return os.access(directory, os.W_OK)
+    return os.access(directory, os.W_OK | os.X_OK)
 
 
 def _report(console: Console, summary: dict, plan, store_dir: Path, output: Path | None) -> None:
