@@ -19,7 +19,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 # The tests also need pytest and the peer libraries the attacks are cross-checked against.
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/pip install -q -e '.[dev,test]'
+	$(BIN)/pip install -q -e '.[dev,test,ray]'
 	touch $(TEST_STAMP)
 
 install: $(STAMP)
