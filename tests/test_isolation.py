@@ -298,3 +298,19 @@ def test_hang_and_crash_are_stopped_in_a_worker_process(tmp_path):
     assert ("flags", "none", "sanity") not in rows  # skipped: reads the hung evaluation
     assert re.search(r"2 cells run, 0 reused .* 2 failed, \d+ skipped", out), out
     assert elapsed < limit + 120  # one limit waited out, not the hang
+
+
+def test_leaderboard_lists_failed_cells_escaped(tmp_path):
+    """Issue 7: the leaderboard marks failures. A failed cell whose reason carries markup is
+    listed in both formats, escaped."""
+    from advarena.report.leaderboard import render_html, render_markdown
+
+    failure = {"kind": "eval", "labels": {"dataset": "digits", "architecture": "cnn-001",
+                                          "defense": "none", "protocol": "white-box"},
+               "error": "attack '<script>x</script>' raised RuntimeError", "detail": "trace",
+               "run_id": "r1", "key": "k"}
+    html = render_html([], [failure])
+    assert "Failed cells" in html and "<script>x</script>" not in html
+    assert "&lt;script&gt;" in html
+    md = render_markdown([], [failure])
+    assert "Failed cells" in md and "<script>" not in md

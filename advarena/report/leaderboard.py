@@ -793,14 +793,14 @@ def _env() -> jinja2.Environment:
     return env
 
 
-def render_markdown(tables: list[dict]) -> str:
+def render_markdown(tables: list[dict], failures: list[dict] = ()) -> str:
     return _env().get_template("leaderboard.md.j2").render(
-        tables=[_table_view(t) for t in tables])
+        tables=[_table_view(t) for t in tables], failures=list(failures))
 
 
-def render_html(tables: list[dict]) -> str:
+def render_html(tables: list[dict], failures: list[dict] = ()) -> str:
     return _env().get_template("leaderboard.html.j2").render(
-        tables=[_table_view(t) for t in tables])
+        tables=[_table_view(t) for t in tables], failures=list(failures))
 
 
 def render_detail_markdown(detail: dict) -> str:
@@ -867,9 +867,12 @@ def write_leaderboards(store: Store, out_dir: str | Path, formats: tuple[str, ..
     written: dict[str, Path] = {}
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        # Failed cells (a plugin that raised, hung or broke its threat model) are listed, so a
+        # run that was incomplete says so on the leaderboard.
+        failures = store.failures()
         for fmt in formats:
-            text = {"md": render_markdown, "html": render_html, "json": render_json}[fmt](
-                tables)
+            text = (render_json(tables) if fmt == "json" else
+                    {"md": render_markdown, "html": render_html}[fmt](tables, failures))
             path = out_dir / f"leaderboard.{fmt}"
             path.write_text(text, encoding="utf-8")
             written[fmt] = path
