@@ -100,4 +100,22 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.
             torch.empty(0, dtype=torch.long, device=x.device)
 
 
+def loss_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  batch_size: int | None = None) -> torch.Tensor:
+    """Each example's own input gradient of its cross-entropy, in batches of ``batch_size``.
+
+    The loss is summed, not averaged, so the gradient w.r.t. x_i is dJ(x_i, y_i)/dx_i whatever
+    the batch size (a batch mean would divide it by the batch size); a model whose logits ignore
+    the input gets zeros rather than an error.
+    """
+    step = batch_size or max(1, len(x))
+    grads = []
+    for i in range(0, len(x), step):
+        xb = x[i:i + step].detach().requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(model(xb), y[i:i + step], reduction="sum")
+        (g,) = torch.autograd.grad(loss, xb, materialize_grads=True)
+        grads.append(g)
+    return torch.cat(grads) if grads else torch.zeros_like(x)
+
+
 ActivationFactory = Callable[[], nn.Module]

@@ -4,22 +4,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..api import Measurement, Protocol
 from ..evaluation import EvalContext, mean_measurement
+from ..models import loss_gradient
 from ..params import param
-
-
-def per_example_loss_gradients(model: nn.Module, x: torch.Tensor,
-                               y: torch.Tensor) -> torch.Tensor:
-    """Each example's own input gradient of its loss: the batch loss is *summed*, so the
-    gradient w.r.t. x_i is dJ(x_i, y_i)/dx_i (a batch mean would divide it by the batch size;
-    the model is in eval mode, so examples do not interact)."""
-    x = x.detach().requires_grad_(True)
-    loss = F.cross_entropy(model(x), y, reduction="sum")
-    (grad,) = torch.autograd.grad(loss, x, materialize_grads=True)
-    return grad
 
 
 class LossSensitivity(Protocol):
@@ -46,9 +35,7 @@ class LossSensitivity(Protocol):
 
     def evaluate(self, ctx: EvalContext) -> list[Measurement]:
         model, x, y = ctx.model, ctx.data.x, ctx.data.y
-        grads = torch.cat([per_example_loss_gradients(model, x[i:i + ctx.batch_size],
-                                                      y[i:i + ctx.batch_size])
-                           for i in range(0, len(x), ctx.batch_size)])
+        grads = loss_gradient(model, x, y, ctx.batch_size)
         norms = grads.flatten(1).norm(dim=1)
         out = [mean_measurement("loss_sensitivity", norms, seed=ctx.seed)]
         lo, hi = model.bounds
@@ -68,7 +55,7 @@ class LossSensitivity(Protocol):
         x, y = ctx.data.x[:k], ctx.data.y[:k]
         d_own = own_grads[:k].sign()
         ref = ctx.reference if ctx.reference is not None else ctx.model
-        d_ref = per_example_loss_gradients(ref, x, y).sign()
+        d_ref = loss_gradient(ref, x, y).sign()
         steps = torch.linspace(0, self.landscape_radius, self.landscape_points,
                                device=x.device)
         # All grid points of all examples in one batch: points^2 * k forward passes.

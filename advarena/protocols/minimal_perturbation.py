@@ -8,7 +8,7 @@ from torch import nn
 from ..api import Measurement, Protocol
 from ..errors import ParameterError
 from ..evaluation import EvalContext, accuracy_measurement, mean_measurement
-from ..models import predict
+from ..models import loss_gradient, predict
 from ..params import param
 
 
@@ -33,11 +33,7 @@ def nearest_train_distance(points: torch.Tensor, train: torch.Tensor,
 def fgsm_accuracy_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                         eps: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Accuracy of ``model`` on FGSM examples at each eps (one gradient, many eps)."""
-    from .loss_sensitivity import per_example_loss_gradients
-
-    grads = torch.cat([per_example_loss_gradients(model, x[i:i + batch_size],
-                                                  y[i:i + batch_size])
-                       for i in range(0, len(x), batch_size)]).sign()
+    grads = loss_gradient(model, x, y, batch_size).sign()
     lo, hi = model.bounds
     return torch.stack([(predict(model, (x + e * grads).clamp(lo, hi), batch_size) == y)
                         .float().mean() for e in eps])

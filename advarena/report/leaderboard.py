@@ -231,7 +231,7 @@ def _slug(dataset: str, arch: str, defense: str, params: str) -> str:
 def _seed_entry(model: _Model, head: dict, registry: Registry | None) -> dict[str, Any]:
     """One seed's numbers for one table (the headline record ``head`` fixes norm and eps)."""
     rs = model.records
-    dataset, arch = model.key[0], model.key[1]
+    arch = model.key[1]
     norm, eps = head["extra"].get("norm", "linf"), head["eps"]
     wb = [r for r in rs if r["protocol"] == "white-box"]
 

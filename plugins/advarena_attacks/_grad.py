@@ -11,22 +11,13 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+
 from torch import nn
+
+from advarena.models import loss_gradient  # noqa: F401  (re-exported for the attacks)
 
 # Per-example norms below this are treated as zero (a vanishing gradient gives a zero step).
 _TINY = 1e-30
-
-
-def loss_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Gradient of the summed cross-entropy w.r.t. the inputs.
-
-    Summed, not averaged, so each example's gradient is its own loss gradient whatever the batch
-    size (a batch-mean loss would shrink every gradient by the batch size).
-    """
-    x = x.detach().requires_grad_(True)
-    loss = F.cross_entropy(model(x), y, reduction="sum")
-    (grad,) = torch.autograd.grad(loss, x, materialize_grads=True)
-    return grad
 
 
 def loss_and_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
