@@ -18,7 +18,8 @@ from advarena.threat import perturbation_norm
 
 # Small budgets so the whole table runs in seconds; only iteration counts are reduced.
 FAST = {"pgd": {"steps": 10}, "ifgsm": {"steps": 10}, "mi-fgsm": {"steps": 10},
-        "apgd-ce": {"steps": 10}, "gradient-ensemble": {}, "cw-l2": {"steps": 30,
+        "apgd-ce": {"steps": 10}, "apgd-dlr": {"steps": 10},
+        "apgd-t": {"steps": 10, "n_target_classes": 3}, "gradient-ensemble": {}, "cw-l2": {"steps": 30,
                                                                        "binary_search_steps": 3},
         "coordinate-greedy": {"steps": 100}, "adam-evasion": {"steps": 100},
         "deepfool": {"max_iter": 20}}

@@ -10,28 +10,29 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
-
 from torch import nn
 
 from advarena.models import loss_gradient  # noqa: F401  (re-exported for the attacks)
+
+from ._losses import Objective, cross_entropy
 
 # Per-example norms below this are treated as zero (a vanishing gradient gives a zero step).
 _TINY = 1e-30
 
 
 def loss_and_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
-                      need_grad: bool = True
+                      need_grad: bool = True, loss: Objective = cross_entropy
                       ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Per-example cross-entropy, its input gradient (None unless ``need_grad``) and the logits
-    (detached), from one forward and at most one backward pass."""
+    """Per-example ``loss`` (cross-entropy unless given; see :mod:`._losses`), its input gradient
+    (None unless ``need_grad``) and the logits (detached), from one forward and at most one
+    backward pass."""
     if not need_grad:
         with torch.no_grad():
             logits = model(x)
-            return F.cross_entropy(logits, y, reduction="none"), None, logits
+            return loss(logits, y), None, logits
     x = x.detach().requires_grad_(True)
     logits = model(x)
-    losses = F.cross_entropy(logits, y, reduction="none")
+    losses = loss(logits, y)
     (grad,) = torch.autograd.grad(losses.sum(), x, materialize_grads=True)
     return losses.detach(), grad, logits.detach()
 
