@@ -10,11 +10,14 @@ Findings (where a peer does something different, and who is right):
   draws window corners with ``randint(0, h - s)``, i.e. from ``{0, ..., h - s - 1}``: a window
   never reaches the last row or the last column, so those pixels keep their initial value for
   the whole run. The paper's Algorithms 2-3 draw from ``{0, ..., h - s}``; advarena follows the
-  paper. On 8x8 digits the frozen border matters (about 10 points of robust accuracy at 500-1000
+  paper. On 8x8 digits the frozen border matters (about 10 points of robust accuracy at 300 to 1000
   queries, Linf and L2 alike); with the authors' draw patched in, advarena agrees with
   torchattacks within 2 points, and the tests below check all three facts. torchattacks also
   draws one window (and, under Linf, one sign) for the whole batch, advarena one per example
-  as the paper; that alone changes little here.
+  as the paper; that alone changes little here. Under Linf, torchattacks also spends queries on
+  candidates the box clipped back to the current point (the authors' code redraws them, and so
+  does advarena, see ``square.spend_no_query_on_nothing``): about 2 points at 300 queries, also
+  patched out for the agreement check.
 * torchattacks.Square's ``n_queries=q`` makes up to ``q + 1`` queries (the initial point plus
   ``q`` iterations); advarena's ``n_queries`` counts the initial point, so the peer gets
   ``q - 1``.
@@ -38,7 +41,8 @@ N = 200
 TOL = 0.02  # robust-accuracy agreement, as a fraction of examples
 EPS_LINF = 0.1  # mid-range robust accuracy on the digits CNN: differences show
 EPS_L2 = 0.5
-QUERIES = 500
+QUERIES = 200
+SEEDS = (0, 1, 2, 3, 4, 5)
 
 
 @pytest.fixture(scope="module")
@@ -153,21 +157,31 @@ def test_apgd_t_agrees_with_torchattacks(digits):
                                              ("square-l2", "L2", EPS_L2)])
 def test_square_agrees_with_torchattacks_given_its_corner_draw(digits, monkeypatch, name,
                                                                norm, eps):
+    """A random search: one seed's robust accuracy varies by up to +-3 points here, so both
+    sides are averaged over SEEDS (the mean of 6 has a standard error under 1 point)."""
     import importlib
 
     import torchattacks
 
     model, x, y = digits
-    peer_x = torchattacks.Square(model, norm=norm, eps=eps, n_queries=QUERIES - 1, seed=0)(x, y)
-    peer = accuracy(model, peer_x, y)
-    ours = accuracy(model, advarena.attack(name, n_queries=QUERIES)(model, x, y, eps=eps), y)
-    # Ours (the paper's draw) is no weaker than the peer's ...
-    assert ours <= peer + TOL, f"{name}: {ours:.3f} vs torchattacks {peer:.3f}"
+
+    def ours(seeds=SEEDS):
+        attack = advarena.attack(name, n_queries=QUERIES)
+        return sum(accuracy(model, attack(model, x, y, eps=eps, seed=s), y)
+                   for s in seeds) / len(seeds)
+
+    peer = sum(accuracy(model, torchattacks.Square(model, norm=norm, eps=eps,
+                                                   n_queries=QUERIES - 1, seed=s)(x, y), y)
+               for s in SEEDS) / len(SEEDS)
+    # Ours (the paper's corner draw) is no weaker than the peer ...
+    paper = ours(SEEDS[:2])
+    assert paper <= peer + TOL, f"{name}: {paper:.3f} vs torchattacks {peer:.3f}"
     # ... and with the authors' draw patched in, the two agree.
     module = importlib.import_module(f"advarena_attacks.{name.replace('-', '_')}")
     monkeypatch.setattr(module, "random_corners", authors_corners)
-    patched = accuracy(model, advarena.attack(name, n_queries=QUERIES)(model, x, y, eps=eps), y)
-    assert_agree(patched, peer, f"torchattacks.Square({norm})")
+    if name == "square":  # and AutoAttack's habit of querying unchanged candidates
+        monkeypatch.setattr(module, "spend_no_query_on_nothing", lambda cand, flipped, xb: cand)
+    assert_agree(ours(), peer, f"torchattacks.Square({norm})")
 
 
 def test_torchattacks_square_never_moves_the_last_column(digits):

@@ -11,6 +11,17 @@ from ._square import (as_images, random_corners, random_search, random_signs, sq
                       window_mask)
 
 
+def spend_no_query_on_nothing(cand: torch.Tensor, flipped: torch.Tensor, x_best: torch.Tensor
+                              ) -> torch.Tensor:
+    """``cand``, except where it equals ``x_best`` (the box clipped the whole window back to
+    its current value): there the window with the opposite signs, ``flipped``. The authors'
+    code redraws the signs until the window changes; AutoAttack's and torchattacks' copies do
+    not and spend a query on an unchanged point (on digits, with its black background, about 2
+    points of robust accuracy at 300 queries)."""
+    same = ((cand - x_best).abs() < 1e-7).flatten(1).all(1)
+    return torch.where(same.view(-1, *[1] * (cand.dim() - 1)), flipped, cand)
+
+
 class SquareLinf(Attack):
     """Square Attack under Linf (Algorithm 2 of the paper): a random search that uses only the
     model's scores, never a gradient (so gradient masking cannot blind it).
@@ -46,7 +57,8 @@ class SquareLinf(Attack):
       ``h - 1``; here ``s`` is capped at ``min(h, w)``.
     * As in the authors' code, a candidate that would not change the window (box clipping) is
       not spent: here its channel signs are flipped (for one channel the same as the authors'
-      redraw; for several, a flip instead of a fresh draw).
+      redraw; for several, a flip instead of a fresh draw); see
+      :func:`spend_no_query_on_nothing`.
     * A candidate is kept if it lowers the margin or misclassifies the example.
     * Inputs that are not images are viewed as ``(B, 1, 1, D)`` (one row of pixels).
     * The active set is compacted (one host sync) at powers of two and every 64 queries
@@ -87,9 +99,8 @@ class SquareLinf(Attack):
             inside = window_mask(rows, cols, s, h, w)
             step = eps * random_signs((len(xc), c, 1, 1), gen, xc)
             cand = torch.where(inside, (xc + step).clamp(lo, hi), xb)
-            same = ((cand - xb).abs() < 1e-7).flatten(1).all(1)
             flipped = torch.where(inside, (xc - step).clamp(lo, hi), xb)
-            return torch.where(same.view(-1, 1, 1, 1), flipped, cand)
+            return spend_no_query_on_nothing(cand, flipped, xb)
 
         def scores(z):
             return model(z.reshape(len(z), *inputs.shape[1:]))
