@@ -316,3 +316,11 @@ def test_square_stops_querying_fooled_examples(digits):
         attack = advarena.attack(name, n_queries=100)
         attack(AlwaysZero().eval(), x, y, eps=eps)
         assert bool((attack.last_queries == 1).all())
+
+
+def test_dlr_on_two_classes_is_a_clear_parameter_error():
+    from advarena.errors import ParameterError
+    from advarena_attacks._losses import dlr
+
+    with pytest.raises(ParameterError, match="at least 3 classes"):
+        dlr(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long))
