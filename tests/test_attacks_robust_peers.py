@@ -324,3 +324,23 @@ def test_dlr_on_two_classes_is_a_clear_parameter_error():
 
     with pytest.raises(ParameterError, match="at least 3 classes"):
         dlr(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long))
+
+
+def test_square_schedule_is_the_authors():
+    import torchattacks
+    from advarena_attacks._square import p_schedule
+
+    for n_iters in (99, 999, 4999):
+        peer = torchattacks.Square(nn.Identity(), n_queries=n_iters, p_init=0.8)
+        assert [p_schedule(0.8, i, n_iters) for i in range(n_iters)] == [
+            peer.p_selection(i) for i in range(n_iters)]
+
+
+def test_square_windows_reach_every_pixel():
+    """The paper's corner draw covers the last row and column (the authors' does not)."""
+    from advarena_attacks._square import random_corners, window_mask
+
+    gen = torch.Generator().manual_seed(0)
+    for s in (1, 3, 7, 8):
+        rows, cols = random_corners(2000, s, 8, 8, gen, "cpu")
+        assert bool(window_mask(rows, cols, s, 8, 8).any(0).all())

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from advarena.api import Attack, ThreatModel
+from advarena.api import ThreatModel
 from advarena.params import param
 
-from ._square import (as_images, random_corners, random_search, random_signs, square_side,
-                      window_mask)
+from ._square import SquareBase, random_corners, random_signs, square_side, window_mask
 
 
 def spend_no_query_on_nothing(cand: torch.Tensor, flipped: torch.Tensor, x_best: torch.Tensor
@@ -22,7 +21,7 @@ def spend_no_query_on_nothing(cand: torch.Tensor, flipped: torch.Tensor, x_best:
     return torch.where(same.view(-1, *[1] * (cand.dim() - 1)), flipped, cand)
 
 
-class SquareLinf(Attack):
+class SquareLinf(SquareBase):
     """Square Attack under Linf (Algorithm 2 of the paper): a random search that uses only the
     model's scores, never a gradient (so gradient masking cannot blind it).
 
@@ -85,13 +84,14 @@ class SquareLinf(Attack):
     threat_model = ThreatModel(norm="linf", access="score")
 
     eps: float = param(0.3, ge=0, help="Linf budget")
-    n_queries: int = param(5000, ge=1, help="query budget per example")
-    p_init: float = param(0.8, gt=0, le=1, help="initial fraction of pixels per square")
 
-    def run(self, model, inputs, labels, eps, generator=None):
-        x = as_images(inputs)
-        b, c, h, w = x.shape
-        lo, hi = model.bounds
+    def start(self, x, eps, bounds, generator):
+        b, c, _, w = x.shape
+        return (x + eps * random_signs((b, c, 1, w), generator, x)).clamp(*bounds)
+
+    def proposal(self, shape, eps, bounds):
+        _, c, h, w = shape
+        lo, hi = bounds
 
         def propose(xc, xb, i, p, gen):
             s = square_side(p, h, w, 1)
@@ -102,12 +102,4 @@ class SquareLinf(Attack):
             flipped = torch.where(inside, (xc - step).clamp(lo, hi), xb)
             return spend_no_query_on_nothing(cand, flipped, xb)
 
-        def scores(z):
-            return model(z.reshape(len(z), *inputs.shape[1:]))
-
-        with torch.no_grad():
-            stripes = eps * random_signs((b, c, 1, w), generator, x)
-            x_init = (x + stripes).clamp(lo, hi)
-            x_best, self.last_queries = random_search(scores, x, labels, x_init, self.n_queries,
-                                                      self.p_init, propose, generator)
-        return x_best.reshape(inputs.shape)
+        return propose
