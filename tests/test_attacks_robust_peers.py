@@ -295,6 +295,10 @@ def test_square_uses_scores_only_and_counts_its_queries(digits, name, eps):
     # Every counted query is a real model evaluation (carried-along rows are not counted).
     assert int(queries.sum()) <= rec.rows
     assert perturbation_norm(x_adv - x, attack.threat_model.norm).max() <= eps * (1 + 1e-5)
+    # In batches, as the harness calls it: the log lines up with the examples.
+    attack(rec, x[:50], y[:50], eps=eps)
+    attack(rec, x[50:], y[50:], eps=eps)
+    assert [len(t) for t in attack.query_log] == [N, 50, N - 50]
 
 
 def test_square_stops_querying_fooled_examples(digits):

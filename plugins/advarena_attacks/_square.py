@@ -160,7 +160,11 @@ class SquareBase(Attack):
 
         with torch.no_grad():
             x_init = self.start(x, eps, model.bounds, generator)
-            x_best, self.last_queries = random_search(
+            x_best, queries = random_search(
                 scores, x, labels, x_init, self.n_queries, self.p_init,
                 self.proposal(x.shape, eps, model.bounds), generator)
+        # Plain attributes, not parameters: this call's counts, and every call's in order (the
+        # harness attacks in batches; torch.cat(attack.query_log) covers them all).
+        self.last_queries = queries
+        self.__dict__.setdefault("query_log", []).append(queries)
         return x_best.reshape(inputs.shape)

@@ -36,7 +36,9 @@ class SquareLinf(SquareBase):
 
     Queries are counted per example: after each call, ``attack.last_queries`` holds a
     ``(B,)`` integer tensor (on the inputs' device) of the model evaluations each example used,
-    the initial point included (so between 1 and ``n_queries``); the success count is the
+    the initial point included (so between 1 and ``n_queries``), and ``attack.query_log`` the
+    list of every call's tensor, in order (the harness calls once per batch:
+    ``torch.cat(attack.query_log)`` lines up with the examples); the success count is the
     harness's. Misclassified clean examples are not skipped (the attack is not told), they
     usually stop after one query.
 

@@ -59,7 +59,7 @@ class SquareL2(SquareBase):
 
     Queries are counted per example: after each call ``attack.last_queries`` holds a ``(B,)``
     integer tensor of the model evaluations each example used (1 to ``n_queries``, the initial
-    point included).
+    point included) and ``attack.query_log`` every call's, in order (as ``square``).
 
     Paper: Andriushchenko, Croce, Flammarion, Hein, "Square Attack: a query-efficient black-box
     adversarial attack via random search" (ECCV 2020) sec. 3.2, Algorithm 3; the update follows
