@@ -8,7 +8,6 @@ name claimed twice (naming both plugins) and answering unknown names with close 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import functools
@@ -50,24 +49,26 @@ def make_plugin_manager(extra_plugins: Iterable[Any] = (), *,
 
 
 def _load_entry_points(pm: pluggy.PluginManager) -> None:
-    """Load the ``advarena`` entry points one by one: a plugin whose module fails to import
-    (or to register its hooks) is skipped with one warning naming it, and the others load."""
+    """Load the ``advarena`` entry points: a plugin whose module fails to import is skipped
+    with one warning naming it (the others load); one whose hooks pluggy rejects is a
+    :class:`PluginError` (exit 2, naming it)."""
     from importlib import metadata
 
-    names = {ep.name: ep.value for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
-    for name, value in names.items():
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
-            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
+            ep.load()  # imported once; pluggy's load below finds it in sys.modules
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # noqa: BLE001 - a broken plugin must not stop the rest
-            with contextlib.suppress(Exception):
-                pm.unregister(name=name)
-            pm.set_blocked(name)
+            pm.set_blocked(ep.name)
             reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
             reason = "".join(c if c.isprintable() else repr(c)[1:-1] for c in reason)
-            pm.advarena_warnings.append(f"skipped plugin '{name}' ({value}): it failed to "
-                                        f"load: {reason}")
+            pm.advarena_warnings.append(f"skipped plugin '{ep.name}' ({ep.value}): it failed "
+                                        f"to load: {reason}")
+    try:
+        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"plugin '{exc.plugin}' cannot be registered: {exc}") from None
 
 
 @dataclasses.dataclass(frozen=True)
