@@ -544,6 +544,8 @@ def run_cell(cell: Cell, env: Environment, progress: Progress) -> tuple[CellOutp
     INCIDENTS.clear()
     with plugin_state(cell_plugins(cell)):
         out = RUNNERS[cell.kind](cell, env, progress)
+    if user_interrupted():  # Ctrl-C during the cell, and a plugin swallowed it: not stored
+        raise KeyboardInterrupt
     if INCIDENTS:
         raise CellError(INCIDENTS[0])
     out.provenance = env.provenance(cell)

@@ -27,10 +27,12 @@ from advarena.plugins import Registry, make_plugin_manager
 from advarena.runner import Environment
 from advarena.store import Store
 from advarena.suite import load_suite
+# tests/ is on sys.path (it has no __init__.py): the isolation tests' helpers
+from test_isolation import TIMING, invoke
+from test_isolation import suite_file as isolation_suite
 
 FIXTURES = ("hostile_tensors", "hostile_state", "hostile_exit", "hostile_output")
 PLUGIN_DIR = Path(__file__).parent / "plugins"
-TIMING = ("seconds", "time_to", "overhead")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -41,41 +43,16 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
-def suite_file(directory: Path, name: str, defenses: list[str], protocols: list[str]) -> Path:
+def suite_file(directory: Path, defenses: list[str], protocols: list[str]) -> Path:
     """A tiny suite: one epoch, no validation split (defenses get the whole training split,
-    which the harness caches), 50 evaluation examples, white-box FGSM at one eps."""
+    which the harness caches), 50 evaluation examples, ``protocols`` before white-box FGSM
+    at one eps."""
     tables = "".join(f"\n[protocols.{p}]\n" + ('eps = [0.1]\nheadline_eps = 0.1\n'
-                                             if p.startswith("wb-") else "")
+                                              if p.startswith("wb-") else "")
                      for p in protocols)
-    text = f"""
-name = "{name}"
-datasets = ["digits"]
-architectures = ["cnn-001"]
-seeds = [0]
-defenses = {json.dumps(defenses)}
-reference = "none"
-
-[train]
-epochs = 1
-batch_size = 128
-lr = 0.002
-val_fraction = 0
-
-[dataset_params.digits]
-test_fraction = 0.5
-
-[eval]
-n_examples = 50
-batch_size = 50
-{tables}
-[protocols.white-box]
-attacks = ["fgsm"]
-eps = [0.1]
-headline_eps = 0.1
-"""
-    path = directory / f"{name}.toml"
-    path.write_text(text)
-    return path
+    return isolation_suite(directory, defenses=defenses, attacks=["fgsm"],
+                           first_protocols=tables, epochs=1, val_fraction=0, n_examples=50,
+                           training_cost=False)
 
 
 def hostile_registry(fixture_plugin) -> Registry:
@@ -118,7 +95,7 @@ def stored(store_dir: Path) -> tuple[dict, dict, dict]:
 def baseline(tmp_path_factory):
     """The first-party cells, run without any hostile plugin."""
     d = tmp_path_factory.mktemp("baseline")
-    suite = suite_file(d, "hostile", ["none", "brelu"], [])
+    suite = suite_file(d, ["none", "brelu"], [])
     registry = Registry(make_plugin_manager())
     summary = run_local(suite, registry, d / "S")
     assert summary["done"] and not summary["failed"], summary
@@ -199,7 +176,7 @@ HOSTILE_PROTOCOLS = ["wb-inplace", "hostile-data-protocol"] + sorted(
 def test_in_process_hostile_plugins_fail_their_own_cells_only(tmp_path, baseline,
                                                              fixture_plugin):
     registry = hostile_registry(fixture_plugin)
-    suite = suite_file(tmp_path, "hostile", ["none", *HOSTILE_DEFENSES, "brelu"],
+    suite = suite_file(tmp_path, ["none", *HOSTILE_DEFENSES, "brelu"],
                        HOSTILE_PROTOCOLS)
     cwd, dtype = os.getcwd(), torch.get_default_dtype()
     summary = run_local(suite, registry, tmp_path / "S", isolate=False)
@@ -240,19 +217,6 @@ def test_in_process_hostile_plugins_fail_their_own_cells_only(tmp_path, baseline
     assert set(fgsm_records(tmp_path / "S", "wb-inplace")) >= {"none", "brelu"}
 
 
-def invoke(args, capsys) -> tuple[int, str, str]:
-    from advarena.cli.main import main
-
-    capsys.readouterr()
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, " ".join(out.split()), err
-
-
 def test_default_run_isolates_third_party_cells_in_a_worker(tmp_path, baseline, capsys,
                                                             fixture_plugin, monkeypatch):
     """Without --cell-timeout: os._exit(0) in an attack and a thread left running fail their
@@ -263,7 +227,7 @@ def test_default_run_isolates_third_party_cells_in_a_worker(tmp_path, baseline, 
     registry = hostile_registry(fixture_plugin)
     monkeypatch.setattr(run_command, "default_registry", lambda: registry)
     # Worker starts are the cost here: the first, one after the thread, none after the exit.
-    suite = suite_file(tmp_path, "hostile", ["none", "hostile-nograd-defense",
+    suite = suite_file(tmp_path, ["none", "hostile-nograd-defense",
                                              "hostile-float64-defense",
                                              "hostile-thread-defense"],
                        ["wb-nograd", "wb-exit0"])
@@ -319,7 +283,7 @@ def test_a_malformed_registration_exits_2_naming_the_plugin(tmp_path, capsys, fi
     module = fixture_plugin("hostile_registration")
     monkeypatch.setattr(run_command, "default_registry",
                         lambda: Registry(make_plugin_manager([module])))
-    suite = suite_file(tmp_path, "hostile", ["none"], [])
+    suite = suite_file(tmp_path, ["none"], [])
     code, out, err = invoke(["run", "--suite", suite, "--store", tmp_path / "S"], capsys)
     assert code == 2
     assert "Traceback" not in out + err
@@ -349,7 +313,7 @@ def test_a_plugin_that_fails_to_import_is_skipped_with_one_warning(tmp_path, bas
         assert "'broken'" in warning and "hostile import failure" in warning
         assert "fgsm" in registry.names("attacks")  # the others still load
         for args in (["list", "attacks"],
-                     ["run", "--suite", suite_file(tmp_path, "hostile", ["none", "brelu"], []),
+                     ["run", "--suite", suite_file(tmp_path, ["none", "brelu"], []),
                       "--store", baseline, "--quiet"],  # every cell stored: nothing runs
                      ["leaderboard", "--store", baseline, "--out", tmp_path / "lb", "--format", "md",
                       "--plots", "none"]):
