@@ -28,19 +28,11 @@ from advarena.runner import Environment
 from advarena.store import Store
 from advarena.suite import load_suite
 # tests/ is on sys.path (it has no __init__.py): the isolation tests' helpers
-from test_isolation import TIMING, invoke
+from test_isolation import TIMING, _one_torch_thread, invoke  # noqa: F401 - a fixture
 from test_isolation import suite_file as isolation_suite
 
 FIXTURES = ("hostile_tensors", "hostile_state", "hostile_exit", "hostile_output")
 PLUGIN_DIR = Path(__file__).parent / "plugins"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def suite_file(directory: Path, defenses: list[str], protocols: list[str]) -> Path:
