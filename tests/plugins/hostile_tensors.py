@@ -7,6 +7,8 @@ valid points, so their cells succeed and the attacks after them must see clean d
 ``hostile-one-minus`` writes ``1 - x`` into ``inputs`` and returns them (outside the ball
 around the clean inputs); ``hostile-zero-weights`` zeroes the model's weights.
 
+Defense: ``hostile-reference-defense`` zeroes the weights of the reference model it is lent.
+
 Protocols: ``wb-inplace`` is white-box with ``hostile-inplace``, ``hostile-labels`` and
 ``fgsm`` (in that order), ``wb-one-minus`` and ``wb-zero-weights`` white-box with one hostile
 attack each (and ``wb-nograd``, ``wb-flags``, ``wb-exit0`` for the attacks of
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from advarena.api import Attack, Measurement, Protocol, ThreatModel
+from advarena.api import Attack, Defense, Measurement, Protocol, ThreatModel
 from advarena.hookimpl import hookimpl
 from advarena.models import loss_gradient
 from advarena.params import param
@@ -95,6 +97,18 @@ WBFlags = _wb("wb-flags", ("hostile-flags",))
 WBExit0 = _wb("wb-exit0", ("hostile-exit0",))
 
 
+class HostileReferenceDefense(Defense):
+    """Trains plainly, after zeroing the reference model it is lent."""
+
+    name = "hostile-reference-defense"
+    needs_reference = True
+
+    def fit(self, session):
+        for p in session.reference.parameters():
+            p.data.zero_()
+        session.train()
+
+
 class HostileZeroProtocol(Protocol):
     """Zeroes the defended model's weights, then reports a metric."""
 
@@ -122,6 +136,11 @@ class HostileDataProtocol(Protocol):
 @hookimpl
 def advarena_register_attacks():
     return [HostileInplace, HostileLabels, HostileOneMinus, HostileZeroWeights]
+
+
+@hookimpl
+def advarena_register_defenses():
+    return [HostileReferenceDefense]
 
 
 @hookimpl
