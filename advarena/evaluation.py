@@ -3,6 +3,7 @@ prepared data, and attacks that are always run through the harness's threat-mode
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -24,12 +25,16 @@ class EvalContext:
         model: the defended classifier (None in ``prepare``), in eval mode.
         reference: the undefended reference classifier of the same dataset, architecture, seed.
         data: the evaluation examples (the same for every defense), on ``device``.
-        train: the training split (for metrics such as the training-set distance).
+        train: the training split (for metrics such as the training-set distance), on
+            ``device``.
         shared: models named by the protocol's ``shared_models``.
         prepared: what the protocol's ``prepare`` returned.
         train_records: ``{role: {"spec", "result"}}`` of the train cells read (``model``,
             ``reference``, ``shared:<name>``): training cost and history.
         splits: the dataset's full train/test splits (on the CPU).
+
+    ``train`` and ``splits`` are copies of the harness's cached dataset, made on first use
+    (most protocols never read them), so writing into them changes no other cell.
     """
 
     def __init__(self, *, info: DatasetInfo, data: TensorData, train: TensorData,
@@ -44,7 +49,8 @@ class EvalContext:
                  splits: Any = None) -> None:
         self.info = info
         self.data = data
-        self.train = train
+        self._train_source = train
+        self._train: TensorData | None = None
         self.device = device
         self.seed = seed
         self.attacks = attacks
@@ -57,7 +63,25 @@ class EvalContext:
         self.train_records = train_records or {}
         self._fresh_model = fresh_model
         self._defense_of = defense_of
-        self.splits = splits
+        self._splits_source = splits
+        self._splits: Any = None
+
+    @property
+    def train(self) -> TensorData:
+        if self._train is None:
+            src = self._train_source
+            self._train = TensorData(src.x.to(self.device, copy=True),
+                                     src.y.to(self.device, copy=True))
+        return self._train
+
+    @property
+    def splits(self) -> Any:
+        if self._splits is None and self._splits_source is not None:
+            src = self._splits_source
+            self._splits = dataclasses.replace(
+                src, train=TensorData(src.train.x.clone(), src.train.y.clone()),
+                test=TensorData(src.test.x.clone(), src.test.y.clone()))
+        return self._splits
 
     def fresh_model(self, role: str = "model") -> nn.Module:
         """An untrained classifier built like the trained one of ``role`` (``model``,

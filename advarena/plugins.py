@@ -39,12 +39,36 @@ def make_plugin_manager(extra_plugins: Iterable[Any] = (), *,
     (modules or objects with hook implementations, e.g. test fixtures)."""
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(hookspecs)
+    pm.advarena_warnings = []  # plugins skipped at load, for Registry.warnings
     if entry_points:
-        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        _load_entry_points(pm)
     for plugin in extra_plugins:
         pm.register(plugin)
     pm.check_pending()
     return pm
+
+
+def _load_entry_points(pm: pluggy.PluginManager) -> None:
+    """Load the ``advarena`` entry points: a plugin whose module fails to import is skipped
+    with one warning naming it (the others load); one whose hooks pluggy rejects is a
+    :class:`PluginError` (exit 2, naming it)."""
+    from importlib import metadata
+
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()  # imported once; pluggy's load below finds it in sys.modules
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a broken plugin must not stop the rest
+            pm.set_blocked(ep.name)
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            reason = "".join(c if c.isprintable() else repr(c)[1:-1] for c in reason)
+            pm.advarena_warnings.append(f"skipped plugin '{ep.name}' ({ep.value}): it failed "
+                                        f"to load: {reason}")
+    try:
+        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"plugin '{exc.plugin}' cannot be registered: {exc}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +105,7 @@ class Registry:
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self.pm = pm
-        self.warnings: list[str] = []
+        self.warnings: list[str] = list(getattr(pm, "advarena_warnings", []))
         self._entries: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
         self._canonical: dict[str, dict[str, str]] = {k: {} for k in KINDS}
         dists = {id(p): (d.project_name, d.version) for p, d in pm.list_plugin_distinfo()}
@@ -92,9 +116,12 @@ class Registry:
                 source = impl.plugin_name
                 dist, version = dists.get(id(impl.plugin), (source, ""))
                 try:
-                    classes = impl.function() or []
-                except Exception as exc:  # a broken plugin must not take the others down
-                    raise PluginError(f"plugin '{source}' failed to register {kind}: {exc}") from exc
+                    classes = list(impl.function() or [])
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as exc:  # one line naming the plugin, exit 2
+                    raise PluginError(f"plugin '{source}' failed to register {kind}: "
+                                      f"{type(exc).__name__}: {exc}") from exc
                 for cls in classes:
                     self._add(kind, base, cls, source, dist, version)
 

@@ -33,6 +33,7 @@ from .api.records import Measurement
 from .device import resolve_device, seed_everything
 from .errors import AdvarenaError, DataError, ThreatModelViolation
 from .evaluation import EvalContext
+from .guards import INCIDENTS, POISONED, CellError, ModelGuard, plugin_state, user_interrupted
 from .models import Classifier
 from .plan import Cell
 from .plugins import KINDS, Registry, make_plugin_manager
@@ -40,10 +41,6 @@ from .store import Store, tensors_to_bytes
 from .trainer import TrainConfig, TrainingSession
 
 Progress = Callable[[str, int, int], None]
-
-
-class CellError(Exception):
-    """A cell failed because of one plugin; the message names the plugin and the reason."""
 
 
 def who(kind: str, plugin: Any) -> str:
@@ -57,13 +54,30 @@ def who(kind: str, plugin: Any) -> str:
 @contextlib.contextmanager
 def blame(label: str):
     """Re-raise any exception from the block as a :class:`CellError` naming ``label``. Data
-    errors (the user's input) and failures that already name their plugin pass through."""
+    errors (the user's input) and failures that already name their plugin pass through.
+    ``BaseException`` too (``SystemExit``, ``KeyboardInterrupt``, ``GeneratorExit``, custom
+    ones): the run's outcome belongs to the harness. Only a genuine Ctrl-C stops the run."""
     try:
         yield
     except (DataError, CellError, ThreatModelViolation):
         raise
-    except Exception as exc:
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt) and user_interrupted():
+            raise
         raise CellError(f"{label} raised {type(exc).__name__}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def calling(env: "Environment", label: str):
+    """A plugin call: named in the activity (for time limits), its failures blamed on it, and
+    the process-wide torch state restored after it (a change fails the cell)."""
+    with env.activity.doing(label), plugin_state(label), blame(label):
+        yield
+
+
+def is_interrupt(exc: BaseException) -> bool:
+    """A Ctrl-C of the user's (which stops the run), not a plugin raising KeyboardInterrupt."""
+    return isinstance(exc, KeyboardInterrupt) and user_interrupted()
 
 
 def describe_failure(exc: BaseException) -> tuple[str, str]:
@@ -242,7 +256,9 @@ class Environment:
     def train_record(self, train_key: str) -> dict:
         """The spec and stored result (cost, history) of a finished train cell."""
         row = self.store.cell(train_key) or {}
-        return {"spec": self.train_spec(train_key), "result": row.get("result"),
+        # a copy: the cached spec builds later cells' models
+        return {"spec": json.loads(json.dumps(self.train_spec(train_key))),
+                "result": row.get("result"),
                 "device": row.get("device"), "run_id": row.get("run_id")}
 
     def defense_of(self, spec: dict):
@@ -300,10 +316,17 @@ def eval_examples(splits: Splits, n: int) -> TensorData:
     return splits.test.subset(order)
 
 
+def private(data: TensorData) -> TensorData:
+    """A copy of cached data for one cell's plugins, so that writing into it changes nothing
+    else (a defense's ``augment`` may work in place)."""
+    return TensorData(data.x.clone(), data.y.clone())
+
+
 def split_validation(train: TensorData, fraction: float, seed: int) -> tuple[TensorData,
                                                                             TensorData]:
+    """(training, validation) parts of ``train``, both new tensors (never the cached split)."""
     if fraction <= 0:
-        return train, train.subset(slice(0, 0))
+        return private(train), private(train.subset(slice(0, 0)))
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
     n_val = max(1, int(round(fraction * len(train))))
     return train.subset(order[n_val:]), train.subset(order[:n_val])
@@ -319,25 +342,45 @@ def run_train(cell: Cell, env: Environment, progress: Progress) -> CellOutput:
     seed_everything(seed)
     defense = env.defense_of(spec)
     label = who("defense", defense)
-    with blame(f"{label} or architecture '{spec['architecture']['name']}'"):
+    with calling(env, f"{label} or architecture '{spec['architecture']['name']}'"):
         classifier = env.build_classifier(spec)
     reference = None
     if "reference" in cell.deps:
         reference = env.load_classifier(cell.deps["reference"])
         # Fine-tuning defenses start from the reference network's weights.
         classifier.net.load_state_dict(reference.net.state_dict())
-    with env.activity.doing(label), blame(label):
+    guard = ModelGuard({"the reference model": reference})
+    with calling(env, label):
         session = TrainingSession(classifier.net, info, train, val, config, defense,
                                   device=env.device, seed=seed, reference=reference,
                                   transform=classifier.transform, progress=progress,
                                   channels_last=env.channels_last)
         defense.fit(session)
         model = Classifier(session.model, info.bounds, session.transform).to(env.device).eval()
+        state = model.state_dict()
+    guard.check(label)
+    _check_weights(state, label)
     _check_finite_weights(model, label)
     result = {"cost": session.cost(), "history": [dataclasses.asdict(h) for h in session.history],
               "num_parameters": sum(p.numel() for p in model.parameters()),
               "train_examples": len(train), "val_examples": len(val), "notes": session.notes}
-    return CellOutput(result, [], {"model": model.state_dict()}, {})
+    try:
+        json.dumps(session.notes)
+    except (TypeError, ValueError) as exc:
+        raise CellError(f"{label} left notes that cannot be stored: {exc}") from None
+    return CellOutput(result, [], {"model": state}, {})
+
+
+def _check_weights(state: Any, label: str) -> None:
+    """What is stored as weights must be named dense tensors (a module's ``get_extra_state``
+    can put any object into its state)."""
+    for name, t in state.items():
+        if not isinstance(name, str) or not isinstance(t, torch.Tensor):
+            raise CellError(f"{label} produced a model whose state '{name}' is "
+                            f"{type(t).__name__}, not a tensor: it cannot be stored")
+        if t.layout != torch.strided or t.is_quantized or t.is_meta:
+            raise CellError(f"{label} produced a model whose state '{name}' is not a dense "
+                            f"tensor ({t.layout}): it cannot be stored")
 
 
 def _check_finite_weights(model: nn.Module, label: str) -> None:
@@ -348,23 +391,30 @@ def _check_finite_weights(model: nn.Module, label: str) -> None:
                         f"parameter tensors, e.g. {bad[0]}): training diverged")
 
 
-def _guarded(attack: Any, env: Environment) -> Any:
-    """The attack with its ``run`` wrapped so that an exception names the attack and a time
-    limit can tell that the cell was inside it."""
+def _guarded(attack: Any, env: Environment, models: ModelGuard) -> Any:
+    """The attack with its ``run`` wrapped so that an exception names the attack, a time
+    limit can tell that the cell was inside it, global state is restored after it and the
+    cell's models are verified unchanged (parameters and buffers)."""
     label = who("attack", attack)
     run = attack.run
 
     def run_guarded(*args: Any, **kwargs: Any) -> Any:
-        with env.activity.doing(label), blame(label):
-            return run(*args, **kwargs)
+        with calling(env, label):
+            out = run(*args, **kwargs)
+        models.check(label)
+        return out
 
     object.__setattr__(attack, "run", run_guarded)
     return attack
 
 
-def _attacks(cell: Cell, env: Environment) -> dict[str, Any]:
-    return {name: _guarded(env.registry.create("attacks", name, **s["params"]), env)
-            for name, s in cell.spec.get("attacks", {}).items()}
+def _attacks(cell: Cell, env: Environment, models: ModelGuard) -> dict[str, Any]:
+    out = {}
+    for name, s in cell.spec.get("attacks", {}).items():
+        with calling(env, f"attack '{name}'"):
+            attack = env.registry.create("attacks", name, **s["params"])
+        out[name] = _guarded(attack, env, models)
+    return out
 
 
 def _context(cell: Cell, env: Environment, progress: Progress, with_model: bool) -> EvalContext:
@@ -377,13 +427,18 @@ def _context(cell: Cell, env: Environment, progress: Progress, with_model: bool)
     if "prepared" in cell.deps:
         digest = env.store.artifacts(cell.deps["prepared"])["prepared"]
         prepared = {k: v.to(env.device) for k, v in env.store.get_tensors(digest).items()}
-    return EvalContext(
-        info=splits.info, data=data, train=splits.train.to(env.device), device=env.device,
-        seed=spec["seed"], attacks=_attacks(cell, env),
+    model = env.load_classifier(cell.deps["model"]) if with_model else None
+    reference = (env.load_classifier(cell.deps["reference"]) if "reference" in cell.deps
+                 else None)
+    # Models are loaded afresh for every cell; within the cell, every attack call and the
+    # protocol's own are checked against these copies.
+    guard = ModelGuard({"the defended model": model, "the reference model": reference,
+                        **{f"shared model '{n}'": m for n, m in shared.items()}})
+    ctx = EvalContext(
+        info=splits.info, data=data, train=splits.train, device=env.device,
+        seed=spec["seed"], attacks=_attacks(cell, env, guard),
         batch_size=spec["eval"]["batch_size"] or len(data),
-        model=env.load_classifier(cell.deps["model"]) if with_model else None,
-        reference=env.load_classifier(cell.deps["reference"]) if "reference" in cell.deps
-        else None,
+        model=model, reference=reference,
         shared=shared, prepared=prepared, progress=progress,
         train_records={role: env.train_record(key) for role, key in cell.deps.items()
                        if role in ("model", "reference") or role.startswith("shared:")},
@@ -391,16 +446,23 @@ def _context(cell: Cell, env: Environment, progress: Progress, with_model: bool)
         .to(env.device),
         defense_of=lambda role: env.defense_of(env.train_spec(cell.deps[role])),
         splits=splits)
+    return ctx, guard
+
+
+def _protocol(cell: Cell, env: Environment) -> Any:
+    name = cell.spec["protocol"]["name"]
+    with calling(env, f"protocol '{name}'"):
+        return env.registry.create("protocols", name, **cell.spec["protocol"]["params"])
 
 
 def run_prepare(cell: Cell, env: Environment, progress: Progress) -> CellOutput:
-    proto = env.registry.create("protocols", cell.spec["protocol"]["name"],
-                                **cell.spec["protocol"]["params"])
+    proto = _protocol(cell, env)
     label = who("protocol", proto)
     seed_everything(cell.spec["seed"])
-    ctx = _context(cell, env, progress, with_model=False)
-    with env.activity.doing(label), blame(label):
+    ctx, guard = _context(cell, env, progress, with_model=False)
+    with calling(env, label):
         tensors = proto.prepare(ctx)
+    guard.check(label)
     if not isinstance(tensors, dict) or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()):
         raise CellError(f"{label}: prepare returned {type(tensors).__name__}, not a dict of "
@@ -409,33 +471,56 @@ def run_prepare(cell: Cell, env: Environment, progress: Progress) -> CellOutput:
 
 
 def run_eval(cell: Cell, env: Environment, progress: Progress) -> CellOutput:
-    proto = env.registry.create("protocols", cell.spec["protocol"]["name"],
-                                **cell.spec["protocol"]["params"])
+    proto = _protocol(cell, env)
     label = who("protocol", proto)
     seed_everything(cell.spec["seed"])
-    ctx = _context(cell, env, progress, with_model=True)
-    with env.activity.doing(label), blame(label):
+    ctx, guard = _context(cell, env, progress, with_model=True)
+    with calling(env, label):
         ms = proto.evaluate(ctx)
+    guard.check(label)
     _check_measurements(ms, label)
     return CellOutput({"records": len(ms)}, ms, {}, {})
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _check_measurements(ms: Any, label: str) -> None:
-    """What a protocol returned must be storable: a list of Measurement whose numbers are
-    numbers and whose ``extra`` is JSON."""
+    """What a protocol returned must be storable: a list of Measurement whose fields have
+    their declared types (fields can be reassigned after construction), whose numbers are
+    not NaN and whose ``extra`` is a JSON object."""
     if not isinstance(ms, list) or not all(isinstance(m, Measurement) for m in ms):
         raise CellError(f"{label} returned {type(ms).__name__}, not a list of Measurement")
-    for m in ms:
+    for i, m in enumerate(ms):
+        name = m.metric if isinstance(m.metric, str) else f"#{i}"
+        wrong = [f"metric is {type(m.metric).__name__}"] if not (
+            isinstance(m.metric, str) and m.metric) else []
+        if not _number(m.value):
+            wrong.append(f"value is {type(m.value).__name__}")
+        if not isinstance(m.n, int) or isinstance(m.n, bool) or m.n < 0:
+            wrong.append(f"n is {m.n!r:.40}")
+        for field in ("ci_low", "ci_high", "eps"):
+            v = getattr(m, field)
+            if v is not None and not _number(v):
+                wrong.append(f"{field} is {type(v).__name__}")
+        if m.attack is not None and not isinstance(m.attack, str):
+            wrong.append(f"attack is {type(m.attack).__name__}")
+        if not isinstance(m.extra, dict) or not all(isinstance(k, str) for k in m.extra):
+            wrong.append("extra is not a dict with string keys")
+        if wrong:
+            raise CellError(f"{label} returned a malformed measurement {name!r:.60}: "
+                            f"{', '.join(wrong)}")
         try:
             json.dumps(m.extra)
-            bad = [n for n in ("value", "eps")
-                   if getattr(m, n) is not None and math.isnan(getattr(m, n))]
         except (TypeError, ValueError) as exc:
-            raise CellError(f"{label} returned metric '{m.metric}' that cannot be stored: "
+            raise CellError(f"{label} returned metric {name!r:.60} that cannot be stored: "
                             f"{exc}") from None
+        bad = [n for n in ("value", "ci_low", "ci_high", "eps")
+               if getattr(m, n) is not None and math.isnan(getattr(m, n))]
         if bad:
             raise CellError(f"{label} returned NaN for {', '.join(bad)} of metric "
-                            f"'{m.metric}'")
+                            f"{name!r:.60}")
 
 
 def run_flags(cell: Cell, env: Environment, progress: Progress) -> CellOutput:
@@ -452,10 +537,41 @@ RUNNERS = {"train": run_train, "prepare": run_prepare, "eval": run_eval, "flags"
 
 
 def run_cell(cell: Cell, env: Environment, progress: Progress) -> tuple[CellOutput, float]:
+    """Run one cell. Beyond each plugin call's own guard, the whole cell is guarded too (the
+    dataset's ``load`` and other calls outside a named one are blamed on the cell's plugins),
+    and a violation seen during the cell fails it even if a plugin caught the error."""
     start = time.perf_counter()
-    out = RUNNERS[cell.kind](cell, env, progress)
+    INCIDENTS.clear()
+    with plugin_state(cell_plugins(cell)):
+        out = RUNNERS[cell.kind](cell, env, progress)
+    if user_interrupted():  # Ctrl-C during the cell, and a plugin swallowed it: not stored
+        raise KeyboardInterrupt
+    if INCIDENTS:
+        raise CellError(INCIDENTS[0])
     out.provenance = env.provenance(cell)
     return out, time.perf_counter() - start
+
+
+def cell_trusted(cell: Cell, env: Environment) -> bool:
+    """Whether every plugin the cell runs comes from ``advarena`` itself: the dataset,
+    architecture, defense (of each model it reads, whose transform and activation run in
+    it), protocol and attacks. Other cells are the ones worth isolating in a worker."""
+    specs = [cell.spec]
+    if cell.kind in ("eval", "prepare"):
+        specs += [env.train_spec(k) for r, k in cell.deps.items()
+                  if r in ("model", "reference") or r.startswith("shared:")]
+    elif cell.kind == "flags":
+        return True  # reads the store only
+    for spec in specs:
+        for role, kind in (("dataset", "datasets"), ("architecture", "architectures"),
+                           ("defense", "defenses"), ("protocol", "protocols")):
+            if role in spec and any(env.registry.entry(kind, n).distribution != "advarena"
+                                    for n in spec[role]["code"]):
+                return False
+        if any(env.registry.entry("attacks", n).distribution != "advarena"
+               for n in spec.get("attacks", {})):
+            return False
+    return True
 
 
 # -- the wire format between workers and the driver ------------------------------------------
@@ -486,6 +602,9 @@ def run_cell_encoded(cell: Cell, env: Environment, progress: Progress) -> dict[s
     * ``{"status": "done", "header": {...}, "blobs": {name: bytes}, "seconds": s}``
     * ``{"status": "failed", "reason": one line naming the plugin, "detail": traceback}``
     * ``{"status": "data-error", "reason": ...}``: the user's data is missing; the run stops.
+
+    Either answer has ``"restart": true`` when a plugin left the process in a state that
+    cannot be restored (a thread still running): the worker is then replaced.
     """
     try:
         out, seconds = run_cell(cell, env, progress)
@@ -493,7 +612,11 @@ def run_cell_encoded(cell: Cell, env: Environment, progress: Progress) -> dict[s
         json.dumps(header)  # fail here, in the worker, if it could not be stored
     except DataError as exc:
         return {"status": "data-error", "reason": str(exc)}
-    except (Exception, SystemExit) as exc:  # a plugin's fault fails its own cell only
+    except BaseException as exc:  # a plugin's fault fails its own cell only
+        if is_interrupt(exc):
+            raise
         reason, detail = describe_failure(exc)
-        return {"status": "failed", "reason": reason, "detail": detail}
-    return {"status": "done", "header": header, "blobs": blobs, "seconds": seconds}
+        return {"status": "failed", "reason": reason, "detail": detail,
+                "restart": POISONED.is_set()}
+    return {"status": "done", "header": header, "blobs": blobs, "seconds": seconds,
+            "restart": POISONED.is_set()}

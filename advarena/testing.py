@@ -512,7 +512,7 @@ def check_attack(cls: type[Attack], params: dict | None = None, *, eps: float = 
     cuda = _cuda_indices(devs)
 
     def call(model: Any, x: torch.Tensor, y: torch.Tensor, e: float | None, case: str,
-             global_seed: int = 0) -> torch.Tensor:
+             global_seed: int = 0, copy: bool = True) -> torch.Tensor:
         from .threat import run_checked
 
         with _preserved_rng(cuda):
@@ -521,7 +521,7 @@ def check_attack(cls: type[Attack], params: dict | None = None, *, eps: float = 
             torch.manual_seed(global_seed)
             with _silence() as out:
                 try:
-                    x_adv = run_checked(attack, model, x, y, eps=e, seed=0)
+                    x_adv = run_checked(attack, model, x, y, eps=e, seed=0, copy=copy)
                 except ThreatModelViolation as exc:
                     c.fail("threat-model", f"{case}: {exc}")
         if x_adv.device != x.device:
@@ -551,7 +551,7 @@ def check_attack(cls: type[Attack], params: dict | None = None, *, eps: float = 
         model = tiny_model(0)
         state = {k: v.clone() for k, v in model.state_dict().items()}
         x, y = x_all.clone(), y_all.clone()
-        call(model, x, y, run_eps, "side effects")
+        call(model, x, y, run_eps, "side effects", copy=False)
         if not torch.equal(x, x_all):
             c.fail("side-effects", "changed its inputs in place (work on a copy)")
         if not torch.equal(y, y_all):

@@ -17,8 +17,16 @@ REL_TOL = 1e-5
 
 
 def run_checked(attack: Attack, model: ModelLike, inputs: torch.Tensor, labels: torch.Tensor, *,
-                eps: float | None = None, seed: int | None = 0) -> torch.Tensor:
-    """Run ``attack`` and check its output; return the adversarial inputs."""
+                eps: float | None = None, seed: int | None = 0,
+                copy: bool = True) -> torch.Tensor:
+    """Run ``attack`` and check its output; return the adversarial inputs.
+
+    The attack gets copies of ``inputs`` and ``labels`` (``copy``; the plugin test kit turns
+    it off to see whether an attack writes into its inputs), and its output is checked
+    against the caller's own ``inputs``, which the attack cannot reach: writing into what it
+    was given changes nothing else, and cannot move the centre of the eps-ball. A copy of one
+    batch costs less than checking it afterwards, which needs a copy to compare with anyway
+    (measured in ``docs/threat-model.md``)."""
     tm = attack.threat_model
     if tm.budget == "bounded":
         eps = attack.default_eps() if eps is None else eps
@@ -43,7 +51,9 @@ def run_checked(attack: Attack, model: ModelLike, inputs: torch.Tensor, labels: 
     for m in members:
         m.eval()
     try:
-        x_adv = attack.run(target, inputs.detach(), labels, eps, gen)
+        x_in, y_in = ((inputs.detach().clone(), labels.clone()) if copy
+                      else (inputs.detach(), labels))
+        x_adv = attack.run(target, x_in, y_in, eps, gen)
     finally:
         for mod, t in modes:
             mod.training = t

@@ -37,6 +37,12 @@ TINY = Path(__file__).parent / "suites" / "tiny.toml"
 PLUGIN_DIR = Path(__file__).parent / "plugins"
 CONSOLE_SCRIPT = Path(sys.executable).with_name("advarena")
 TIMING = ("seconds", "time_to", "overhead")
+TRAINING_COST = """
+[protocols.training-cost]
+thresholds = [0.5]
+timing_examples = 64
+timing_repeats = 1
+"""
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -48,8 +54,11 @@ def _one_torch_thread():
 
 
 def suite_file(directory: Path, *, defenses: list[str], attacks: list[str],
-               extra_protocols: str = "", cell_timeout: float | None = None) -> Path:
-    """The tiny suite's settings with these defenses and white-box attacks."""
+               extra_protocols: str = "", cell_timeout: float | None = None,
+               first_protocols: str = "", epochs: int = 2, val_fraction: float = 0.1,
+               n_examples: int = 100, training_cost: bool = True) -> Path:
+    """The tiny suite's settings with these defenses and white-box attacks (protocol tables
+    ``first_protocols`` before white-box, ``extra_protocols`` after the others)."""
     text = f"""
 name = "hostile"
 datasets = ["digits"]
@@ -59,28 +68,24 @@ defenses = {json.dumps(defenses)}
 reference = "none"
 
 [train]
-epochs = 2
+epochs = {epochs}
 batch_size = 128
 lr = 0.002
-val_fraction = 0.1
+val_fraction = {val_fraction}
 
 [dataset_params.digits]
 test_fraction = 0.5
 
 [eval]
-n_examples = 100
-batch_size = 100
+n_examples = {n_examples}
+batch_size = {n_examples}
 {f"cell_timeout = {cell_timeout}" if cell_timeout else ""}
-
+{first_protocols}
 [protocols.white-box]
 attacks = {json.dumps(attacks)}
 eps = [0.1]
 headline_eps = 0.1
-
-[protocols.training-cost]
-thresholds = [0.5]
-timing_examples = 64
-timing_repeats = 1
+{TRAINING_COST if training_cost else ""}
 {extra_protocols}
 """
     path = directory / f"hostile-{abs(hash(text)) % 10**8}.toml"

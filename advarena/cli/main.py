@@ -158,6 +158,8 @@ def leaderboard_cmd(store_dir: Path, out_dir: Path, formats: str, plot_format: s
     if bad or not fmts:
         raise AdvarenaError(f"unknown leaderboard format '{','.join(bad) or formats}'; use a "
                             f"comma-separated list of md, html, json")
+    for w in default_registry().warnings:  # e.g. a plugin that failed to import, skipped
+        err_console.print(f"warning: {w}", markup=False)
     store = Store.open(store_dir, create=False)
     try:
         written = write_leaderboards(store, out_dir, fmts, default_registry(),

@@ -37,6 +37,8 @@ def execute_run(console: Console, *, suite: str, defenses: list[str], datasets: 
     if address is not None and executor != "ray":
         raise AdvarenaError("--address names a Ray cluster; use it with --executor ray")
     reg = default_registry()
+    for w in reg.warnings:  # e.g. a plugin that failed to import, skipped
+        print(f"warning: {w}", file=sys.stderr)
     try:
         s = load_suite(suite)
     except UnicodeDecodeError:

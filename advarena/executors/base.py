@@ -15,6 +15,7 @@ import uuid
 from typing import Any
 
 from ..errors import DataError
+from ..guards import watch_sigint
 from ..plan import Cell, Plan
 from ..runner import Environment, decode_measurements
 
@@ -83,10 +84,17 @@ class Executor:
                                    "seconds": 0.0, "executor": self.name}
         # key -> ok (stored, may be read) | broken (failed or skipped)
         state: dict[str, str] = {}
-        waiting = list(plan.cells)  # topological order; started in this order when ready
-        running: set[str] = set()
         self._missing: set[str] = set()
         start_all = time.perf_counter()
+        with watch_sigint():
+            self._schedule(plan, state, summary)
+        summary["seconds"] = time.perf_counter() - start_all
+        self.hook.advarena_run_finished(run_id=run_id, summary=summary)
+        return summary
+
+    def _schedule(self, plan: Plan, state: dict[str, str], summary: dict) -> None:
+        waiting = list(plan.cells)  # topological order; started in this order when ready
+        running: set[str] = set()
         self._open()
         try:
             while waiting or running:
@@ -100,9 +108,6 @@ class Executor:
                 self._finish(cell, outcome, state, summary)
         finally:
             self._close()
-        summary["seconds"] = time.perf_counter() - start_all
-        self.hook.advarena_run_finished(run_id=run_id, summary=summary)
-        return summary
 
     def _start_ready(self, waiting: list[Cell], running: set[str], state: dict[str, str],
                      summary: dict) -> list[Cell]:

@@ -5,8 +5,9 @@ the cells one after another, each under the cell time limit. It builds its own
 :class:`~advarena.runner.Environment` once (the same plugins, the driver's store opened
 read-only) and keeps its dataset cache between cells. A cell that overruns the limit gets its
 worker killed (SIGKILL) and is recorded as failed, naming the plugin it was in; the next cell
-starts a fresh worker. A worker that dies (a plugin crashing the interpreter, ``os._exit``)
-fails its cell the same way.
+starts a fresh worker. A worker that dies (a plugin crashing the interpreter, ``os._exit``,
+even with status 0) fails its cell the same way, and so does one whose plugin left a thread
+running (the worker is then replaced). The worker ignores SIGINT: Ctrl-C is the driver's.
 
 Messages are JSON plus raw safetensors bytes over a pipe (``send_bytes``): the driver never
 unpickles anything a worker sends.
@@ -60,6 +61,9 @@ def _die_with_parent(parent: int) -> None:
 
 def _child_main(conn, settings: WorkerSettings, parent: int) -> None:
     _die_with_parent(parent)
+    # Ctrl-C reaches the whole process group: the driver alone handles it (and stops this
+    # worker), so any KeyboardInterrupt in here is a plugin's, failing its cell.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         from ..runner import Environment, run_cell_encoded
 
@@ -176,6 +180,8 @@ class ChildWorker:
                                             for name in message.pop("blob_names", [])}
                     except (EOFError, OSError):
                         raise WorkerDied from None
+                    if message.pop("restart", False):  # a plugin's thread still runs in it
+                        self.stop(kill=True)
                     return message
         except WorkerDied:
             if self.proc is not None:
