@@ -140,6 +140,8 @@ def inconsistency(metric: str, value: Any, n: Any, ci_low: Any, ci_high: Any,
 
 def _damage(db: Path, exc: BaseException | str) -> StoreError:
     reason = " ".join(str(exc).split()) or type(exc).__name__
+    if len(reason) > 160:  # SQLite quotes the damaged text: enough of it to recognise
+        reason = reason[:157] + "..."
     return StoreError(f"the store database {db} is damaged ({reason}); restore it from a "
                       f"backup, or move it away and run again to start a new store")
 

@@ -173,8 +173,8 @@ def _report(console: Console, summary: dict, plan, store_dir: Path, output: Path
                   f"{summary['skipped']} skipped, in {summary['seconds']:.1f}s")
     console.print(f"defenses: {rich_escape(', '.join(plan.defenses))}; store: "
                   f"{rich_escape(store_dir)}")
-    for w in summary.get("warnings", ()):
-        console.print(f"[yellow]warning[/] {rich_escape(w)}")
+    for w in summary.get("warnings", ()):  # one line each: paths and hashes stay whole
+        console.print(f"[yellow]warning[/] {rich_escape(w)}", soft_wrap=True)
     for f in summary["failures"]:
         console.print(f"[red]failed[/] {rich_escape(f['cell'])}: {rich_escape(f['error'])}")
     if output is not None:
