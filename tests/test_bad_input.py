@@ -308,3 +308,12 @@ def test_ray_executor_without_ray_is_one_line_exit_2(tmp_path, populated, capsys
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "pip install 'advarena[ray]'" in lines[0], err
     assert snapshot(populated) == before
+
+
+def test_a_non_finite_plugin_parameter_is_refused_naming_it():
+    import advarena
+    from advarena.errors import ParameterError
+
+    for bad in (float("inf"), float("nan"), "inf"):
+        with pytest.raises(ParameterError, match="fgsm: parameter 'eps' must be a finite"):
+            advarena.attack("fgsm", eps=bad)

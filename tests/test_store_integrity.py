@@ -27,12 +27,7 @@ from advarena.store import SCHEMA_VERSION, Store
 TINY = Path(__file__).parent / "suites" / "tiny.toml"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def invoke(args) -> tuple[int, str, str]:
@@ -65,7 +60,12 @@ def run_args(store: Path, *extra) -> list:
 @pytest.fixture(scope="module")
 def made(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("integrity") / "store"
-    code, out, err = invoke(run_args(root))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models on a shared CPU (as the single_thread fixture)
+    try:
+        code, out, err = invoke(run_args(root))
+    finally:
+        torch.set_num_threads(before)
     assert code == 0, (out, err)
     return root
 
