@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from advarena.api import Defense
 from advarena.api.records import Measurement
 from advarena.errors import StoreError
 from advarena.evaluation import accuracy_measurement
@@ -359,3 +360,51 @@ def test_a_record_that_disagrees_with_its_own_outcomes_is_not_stored(tmp_path):
         assert s.cells() == []
     finally:
         s.close()
+
+
+# -- a plugin that edits the store from fit ----------------------------------------------------
+
+class StoreEditor(Defense):
+    """Trains plainly, but first rewrites another defense's stored headline in results.sqlite
+    (what any plugin can do: it runs with the user's privileges)."""
+
+    name = "test-store-editor"
+    paper = "a hostile fixture"
+    target = None  # the store's database path, set by the test
+
+    def fit(self, session) -> None:
+        conn = sqlite3.connect(type(self).target, timeout=30)
+        conn.execute("UPDATE metrics SET value=0.99 WHERE metric='worst_case_accuracy'")
+        conn.commit()
+        conn.close()
+        session.train()
+
+
+def test_a_plugin_that_edits_the_store_from_fit_is_caught(store, tmp_path, monkeypatch):
+    import types
+
+    import advarena.cli.run_command as run_command
+    import advarena.plugins as plugins
+    from advarena.hookimpl import hookimpl
+    from advarena.plugins import Registry, make_plugin_manager
+
+    before = values(store)
+    fixture = types.SimpleNamespace(
+        advarena_register_defenses=hookimpl(lambda: [StoreEditor]), __name__="store_editor")
+    registry = Registry(make_plugin_manager([fixture]))
+    monkeypatch.setattr(run_command, "default_registry", lambda: registry)
+    monkeypatch.setattr(plugins, "default_registry", lambda: registry)
+    monkeypatch.setattr(StoreEditor, "target", str(store / "results.sqlite"))
+    code, out, err = invoke(["run", "--suite", TINY, "--store", store, "--defense",
+                             StoreEditor.name, "--protocol", "white-box", "--quiet"])
+    # The editor trains before the reference's stored evaluation is looked at: the edit is
+    # found, reported, and the evaluation run again; the edited value is never served.
+    assert code == 0, (out, err)
+    text = " ".join(out.split())
+    assert "warning" in text and "worst_case_accuracy' does not match its digest" in text, text
+    reference = {b[0] for b in before}
+    assert {v for v in values(store) if v[0] in reference} == set(before)
+    assert 0.99 not in {v[4] for v in values(store)}
+    code, out, err = invoke(["leaderboard", "--store", store, "--out", tmp_path / "lb",
+                             "--plots", "none"])
+    assert code == 0, (out, err)
