@@ -25,12 +25,12 @@ import re
 import unicodedata
 from typing import Any
 
-# Registry names and aliases: ASCII letters and digits, then also '-', '_' and '.', at most 64
+# Registry names and aliases: ASCII letters and digits, then also '-', '_' and '.', at most 100
 # characters. The first character is a letter or digit, so no name is '.', '..' or '-x' (an
 # option); '+' is left out because it composes defenses ('a+b').
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 NAME_RULE = ("ASCII letters, digits, '-', '_' and '.', starting with a letter or digit, at most "
-             "64 characters")
+             "100 characters")
 
 # Unicode categories escaped: controls, format characters (bidi, zero-width), separators of
 # lines and paragraphs, surrogates.

@@ -69,7 +69,7 @@ IMPOSTORS = {
     "slash": "xss/../x",
     "space": "fgsm at",
     "plus": "a+b",
-    "too-long": "x" * 65,
+    "too-long": "x" * 101,
 }
 
 
