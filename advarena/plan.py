@@ -4,9 +4,10 @@ A cell's key is the SHA-256 of everything that determines its output: its kind, 
 the plugins it uses (names and validated parameters), the hash of each plugin's source modules
 (and, for a defense, of the attacks it builds inside training), the hash of advarena's own
 modules that shape numbers (:func:`harness_version`), its seed and settings, and the keys of
-the cells it reads. Equal key, same result: a cell whose
-key is in the store is never run again, and a model that does not depend on the defense (the
-reference, ensemble members, substitutes) has the same key for every defense, so it is shared.
+the cells it reads. Equal key, same result: a cell whose key is in the store is never run
+again, and a model that does not depend on the defense (the reference, ensemble members,
+substitutes) has the same key for every defense, so it is shared. docs/threat-model.md says
+what the keys cover and what they do not.
 """
 
 from __future__ import annotations

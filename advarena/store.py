@@ -435,11 +435,11 @@ class Store:
         artifacts are intact, else None. A stored cell that fails a check adds a line to
         :attr:`warnings` (the caller then runs it again)."""
         with self._reading():
-            row = self.conn.execute("SELECT result, labels, kind FROM cells WHERE key=? AND "
+            row = self.conn.execute("SELECT result, kind FROM cells WHERE key=? AND "
                                     "status='done'", (key,)).fetchone()
             if row is None:
                 return None
-            what = f"stored {row[2]} cell {key[:12]}"
+            what = f"stored {row[1]} cell {key[:12]}"
             problem = self.check_cells([key]).get(key)
             if problem:
                 self.warnings.append(f"{what}: {problem} (changed outside advarena); running "
