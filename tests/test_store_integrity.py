@@ -38,18 +38,14 @@ def invoke(args) -> tuple[int, str, str]:
 
     from advarena.cli import main as main_module
 
+    # The CLI's consoles write to whatever sys.stdout and sys.stderr are when they print.
     out, err = io.StringIO(), io.StringIO()
-    old = main_module.console.file, main_module.err_console.file
-    main_module.console.file, main_module.err_console.file = out, err
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                main_module.main([str(a) for a in args])
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        main_module.console.file, main_module.err_console.file = old
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main_module.main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
     return code, out.getvalue(), err.getvalue()
 
 
