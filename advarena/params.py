@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from typing import Any, ClassVar, Literal
@@ -21,9 +22,11 @@ _MISSING = dataclasses.MISSING
 
 def param(default: Any = _MISSING, *, help: str = "", ge: float | None = None,
           gt: float | None = None, le: float | None = None, lt: float | None = None,
-          choices: tuple | None = None) -> Any:
-    """Declare a plugin parameter with its paper default, bounds and a one-line description."""
-    meta = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices}
+          choices: tuple | None = None, finite: bool = True) -> Any:
+    """Declare a plugin parameter with its paper default, bounds and a one-line description.
+    Float values must be finite (no inf or nan) unless ``finite=False``."""
+    meta = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices,
+            "finite": finite}
     if isinstance(default, (list, dict, set)):
         raise TypeError("use tuples for sequence defaults so parameters stay hashable")
     return dataclasses.field(default=default, metadata=meta)
@@ -114,6 +117,9 @@ def _check_bounds(name: str, value: Any, meta: dict) -> None:
     for v in nums:
         if not isinstance(v, (int, float)) or isinstance(v, bool):
             continue
+        # inf or nan would pass some bounds and then be stored (and exported) as null
+        if isinstance(v, float) and meta.get("finite", True) and not math.isfinite(v):
+            raise ValueError(f"must be a finite number, got {v}")
         if meta.get("ge") is not None and not v >= meta["ge"]:
             raise ValueError(f"must be >= {meta['ge']}, got {v}")
         if meta.get("gt") is not None and not v > meta["gt"]:

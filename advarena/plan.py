@@ -1,10 +1,13 @@
 """Expand a suite into cells with content keys.
 
 A cell's key is the SHA-256 of everything that determines its output: its kind, the specs of
-the plugins it uses (names and validated parameters), the hash of each plugin's source module,
-its seed and settings, and the keys of the cells it reads. Equal key, same result: a cell whose
-key is in the store is never run again, and a model that does not depend on the defense (the
-reference, ensemble members, substitutes) has the same key for every defense, so it is shared.
+the plugins it uses (names and validated parameters), the hash of each plugin's source modules
+(and, for a defense, of the attacks it builds inside training), the hash of advarena's own
+modules that shape numbers (:func:`harness_version`), its seed and settings, and the keys of
+the cells it reads. Equal key, same result: a cell whose key is in the store is never run
+again, and a model that does not depend on the defense (the reference, ensemble members,
+substitutes) has the same key for every defense, so it is shared. docs/threat-model.md says
+what the keys cover and what they do not.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ import hashlib
 import inspect
 import json
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
-from .errors import AdvarenaError, SuiteError
+from .errors import AdvarenaError, PluginError, SuiteError, UnknownPluginError
 from .plugins import Registry
 from .suite import Suite
 from .trainer import TrainConfig
@@ -46,25 +50,92 @@ class Cell:
 
 
 def content_key(spec: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    """SHA-256 of ``spec`` and of the harness code (:func:`harness_version`), so editing any
+    module of advarena that shapes a number changes every key."""
+    return hashlib.sha256(json.dumps({"spec": spec, "harness": harness_version()},
+                                     sort_keys=True).encode()).hexdigest()
+
+
+# The parts of the advarena package that do not enter the harness version, by first path
+# component below advarena/: the display layer (cli, report, text.py), scheduling and transport
+# (executors: they hand a cell's output on unchanged; its wire format is in runner.py), the
+# plugin authors' test kit (testing.py, run by no cell), templates and suite files (data: a
+# suite's values enter the keys themselves), and the protocols, which are plugins and enter
+# the keys of their own cells only (see _plugin_modules). Every other module (models,
+# evaluation, stats, threat, trainer, runner, params, store, plan, device, sanity, api/, and
+# any module added later) is hashed: a rule by exclusion, so a new module is covered unless
+# it is deliberately listed here.
+HARNESS_EXCLUDED = ("cli", "report", "executors", "testing.py", "text.py", "templates",
+                    "suites", "protocols")
+HARNESS_ROOT = Path(__file__).resolve().parent
+
+
+def read_source(path: Path) -> bytes:
+    """The bytes of a source file that a key hashes (one reader, so tests can plant an edit)."""
+    return path.read_bytes()
+
+
+def harness_files(root: Path = HARNESS_ROOT) -> list[Path]:
+    return sorted(p for p in root.rglob("*.py")
+                  if p.relative_to(root).parts[0] not in HARNESS_EXCLUDED)
+
+
+@lru_cache(maxsize=None)
+def harness_version(root: Path = HARNESS_ROOT) -> str:
+    """A hash of the source of every harness module that shapes a number (everything in
+    advarena but :data:`HARNESS_EXCLUDED`), by path relative to the package, so the same code
+    gives the same keys wherever it is installed."""
+    digest = hashlib.sha256()
+    for path in harness_files(root):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(read_source(path) + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _package_of(module_name: str) -> str | None:
+    """The package whose modules version a plugin: its top-level package; for advarena's own
+    protocols, advarena.protocols (the rest of advarena is the harness, versioned apart)."""
+    top = module_name.split(".")[0]
+    if top == "builtins":
+        return None
+    if top == "advarena":
+        return "advarena.protocols" if module_name.startswith("advarena.protocols.") else None
+    return top
 
 
 def _plugin_modules(cls: type) -> list[Any]:
-    """The module defining ``cls``, the modules of its base classes, and the modules of its
-    own package that those import (private helpers such as ``_grad.py``), so that editing any
-    code a plugin runs changes its cells' keys. ``advarena`` itself is versioned apart."""
+    """The module defining ``cls``, the modules of its base classes, and every module of the
+    same package that those import, directly or through each other (private helpers such as
+    ``_grad.py`` or ``_stages.py``), so that editing any code a plugin runs changes its cells'
+    keys. ``advarena`` itself is versioned apart (:func:`harness_version`)."""
     seen: dict[str, Any] = {}
-    roots = [inspect.getmodule(c) for c in cls.__mro__]
-    for mod in roots:
-        if mod is None or mod.__name__.split(".")[0] in ("advarena", "builtins"):
+    todo = [m for m in (inspect.getmodule(c) for c in cls.__mro__)
+            if m is not None and _package_of(m.__name__)]
+    while todo:
+        mod = todo.pop()
+        if mod.__name__ in seen:
             continue
-        seen.setdefault(mod.__name__, mod)
-        package = mod.__name__.split(".")[0]
+        seen[mod.__name__] = mod
+        package = _package_of(mod.__name__)
         for value in list(vars(mod).values()):
             dep = value if inspect.ismodule(value) else inspect.getmodule(value)
-            if dep is not None and dep.__name__.split(".")[0] == package:
-                seen.setdefault(dep.__name__, dep)
+            if dep is not None and dep.__name__ not in seen and (
+                    dep.__name__ == package or dep.__name__.startswith(package + ".")):
+                todo.append(dep)
     return [seen[k] for k in sorted(seen)]
+
+
+def _module_source(module: Any) -> bytes:
+    file = getattr(module, "__file__", None)
+    if file:
+        try:
+            return read_source(Path(file))
+        except OSError:
+            pass
+    try:
+        return inspect.getsource(module).encode()
+    except (OSError, TypeError):
+        return getattr(module, "__name__", "").encode()
 
 
 @lru_cache(maxsize=None)
@@ -73,19 +144,13 @@ def code_version(cls: type) -> str:
     so editing a plugin invalidates the cells it produced."""
     digest = hashlib.sha256()
     for mod in _plugin_modules(cls) or [inspect.getmodule(cls)]:
-        try:
-            digest.update(inspect.getsource(mod).encode())
-        except (OSError, TypeError):
-            digest.update(getattr(mod, "__name__", cls.__qualname__).encode())
+        digest.update(getattr(mod, "__name__", cls.__qualname__).encode() + b"\0")
+        digest.update(_module_source(mod) + b"\0")
     return f"{getattr(cls, 'distribution_version', '')}:{digest.hexdigest()[:16]}"
 
 
 def code_version_module(module: Any) -> str:
-    try:
-        source = inspect.getsource(module)
-    except (OSError, TypeError):
-        source = module.__name__
-    return hashlib.sha256(source.encode()).hexdigest()[:16]
+    return hashlib.sha256(_module_source(module)).hexdigest()[:16]
 
 
 @dataclasses.dataclass
@@ -113,8 +178,26 @@ class Planner:
     def _plugin_spec(self, kind: str, name: str, params: dict[str, Any]) -> dict[str, Any]:
         obj = self.reg.create(kind, name, **params)
         parts = obj.parts() if kind == "defenses" else [obj]
-        return {"name": obj.name, "params": obj.params(),
+        spec = {"name": obj.name, "params": obj.params(),
                 "code": {p.name: code_version(type(p)) for p in parts}}
+        if kind == "defenses":
+            attacks = self._training_attacks(obj)
+            if attacks:
+                spec["training_attacks"] = attacks
+        return spec
+
+    def _training_attacks(self, defense: Any) -> dict[str, str]:
+        """Code versions of the attacks ``defense`` builds inside training (its declared
+        ``training_attacks()``): editing one retrains the defense."""
+        out = {}
+        for a in defense.training_attacks():
+            try:
+                entry = self.reg.entry("attacks", a)
+            except UnknownPluginError as exc:
+                raise PluginError(f"defense '{defense.name}' uses attack '{a}' inside training, "
+                                  f"which is not installed: {exc}") from None
+            out[entry.name] = code_version(entry.cls)
+        return dict(sorted(out.items()))
 
     def _add(self, cell: Cell) -> str:
         self.cells.setdefault(cell.key, cell)

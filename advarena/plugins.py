@@ -3,7 +3,9 @@
 Nothing happens at import time: :func:`make_plugin_manager` builds a manager, loads the
 ``advarena`` entry points (first-party plugins arrive this way too) and checks that every
 implementation matches a spec. :class:`Registry` then collects the registered classes, refusing a
-name claimed twice (naming both plugins) and answering unknown names with close matches.
+name claimed twice (naming both plugins) or one outside :data:`advarena.text.NAME_RULE` (so no
+impostor can imitate a name with a homoglyph or an invisible character), and answering unknown
+names with close matches.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pluggy
 from . import hookspecs
 from .api import API_VERSION, Architecture, Attack, Composite, Dataset, Defense, Protocol
 from .errors import PluginError, UnknownPluginError
+from .text import name_problem, printable
 
 PROJECT = "advarena"
 ENTRY_POINT_GROUP = "advarena"
@@ -133,6 +136,15 @@ class Registry:
         name = getattr(cls, "name", "")
         if not name:
             raise PluginError(f"plugin '{source}' registered {cls.__name__} without a name")
+        # Names are ASCII (advarena.text.NAME_RULE), so no plugin can pass for another with a
+        # homoglyph or an invisible character.
+        for key in (name, *getattr(cls, "aliases", ())):
+            problem = name_problem(key)
+            if problem:
+                raise PluginError(
+                    f"plugin '{printable(source)}' ({printable(dist)}) registered "
+                    f"{printable(cls.__name__)} as one of its {kind} with a refused name: "
+                    f"{problem}; uninstall it or ask its author to rename it")
         needed = str(getattr(cls, "api_version", API_VERSION)).split(".")[0]
         if needed != API_VERSION.split(".")[0]:
             self.warnings.append(

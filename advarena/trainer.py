@@ -124,6 +124,23 @@ class PassCounter:
         self._handle.remove()
 
 
+def require_declared(defense: Defense, name: str) -> None:
+    """Refuse to build attack ``name`` inside the training of ``defense`` unless the defense
+    declares it in ``training_attacks()``: the planner puts the code of the declared attacks
+    into the defense's cell key, and an undeclared one would leave a stale key behind an edit."""
+    from .errors import PluginError
+    from .plugins import default_registry
+
+    reg = default_registry()
+    canonical = reg.entry("attacks", name).name
+    declared = {reg.entry("attacks", a).name for a in defense.training_attacks()}
+    if canonical not in declared:
+        raise PluginError(
+            f"defense '{defense.name}' builds attack '{canonical}' inside training but its "
+            f"training_attacks() names {', '.join(sorted(declared)) or 'none'}; declare it, so "
+            f"that its code enters the defense's cell keys")
+
+
 class StepContext:
     """What a defense's hooks see during one training step."""
 
@@ -150,8 +167,11 @@ class StepContext:
         return logits.new_zeros(()) if term is None else term
 
     def attack(self, name: str, **params: Any) -> Attack:
+        """The attack plugin ``name``, which the session's defense must declare in
+        ``training_attacks()`` (so its code is in the defense's cell key)."""
         from .plugins import default_registry
 
+        require_declared(self.session.defense, name)
         return default_registry().create("attacks", name, **params)
 
     def run_attack(self, attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor,

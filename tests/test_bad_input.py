@@ -179,6 +179,57 @@ CASES = [
 ]
 
 
+# Suite values validated at load (issue 12): counts, finite numbers, seeds torch accepts.
+def sub(pattern: str, repl: str):
+    return lambda t, s: (["run", "--suite", bad_suite(t, re.sub(pattern, repl, TINY.read_text())),
+                          "--store", s], s)
+
+
+CASES += [
+    ("n-examples-negative", sub(r"(?m)^n_examples = .*$", "n_examples = -5"), "n_examples"),
+    ("n-examples-not-integer", sub(r"(?m)^n_examples = .*$", "n_examples = 2.5"),
+     "n_examples"),
+    ("eval-batch-size-text", sub(r"(?m)^batch_size = 100$", 'batch_size = "100"'),
+     "batch_size"),
+    ("eps-infinite", sub(r"(?m)^eps = .*$", "eps = [inf, 0.1]"), "finite"),
+    ("eps-nan", sub(r"(?m)^eps = .*$", "eps = [nan]"), "finite"),
+    ("lr-infinite", sub(r"(?m)^lr = .*$", "lr = inf"), "finite"),
+    ("seed-too-large", sub(r"(?m)^seeds = .*$", f"seeds = [{2**70}]"), "seed"),
+    ("seed-negative", sub(r"(?m)^seeds = .*$", "seeds = [-1]"), "seed"),
+    ("seed-option-too-large", lambda t, s: (tiny_args(s, "--seed", str(2**70)), s), "--seed"),
+    ("store-0-bytes", lambda t, s: (tiny_args(zero_byte_store(t)), s), "0 bytes"),
+    ("store-not-a-database", lambda t, s: (tiny_args(garbage_store(t)), s), "damaged"),
+    ("store-schema-without-migration", lambda t, s: (tiny_args(st := older_store(t, s, 0)), st),
+     "cannot migrate"),
+    ("leaderboard-store-0-bytes", lambda t, s: (["leaderboard", "--store", zero_byte_store(t),
+                                                 "--out", t / "lb"], s), "0 bytes"),
+]
+
+
+def zero_byte_store(t: Path) -> Path:
+    store = t / "zero"
+    (store / "weights").mkdir(parents=True)
+    (store / "results.sqlite").write_bytes(b"")
+    return store
+
+
+def garbage_store(t: Path) -> Path:
+    store = t / "garbage"
+    (store / "weights").mkdir(parents=True)
+    (store / "results.sqlite").write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 16)
+    return store
+
+
+def older_store(t: Path, s: Path, version: int) -> Path:
+    store = t / "older"
+    shutil.copytree(s, store)
+    conn = sqlite3.connect(store / "results.sqlite")
+    conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(version),))
+    conn.commit()
+    conn.close()
+    return store
+
+
 def _binary(t: Path) -> Path:
     path = t / "binary.toml"
     path.write_bytes(b"name = \"\xff\xfe\x00bad\"\n")
@@ -257,3 +308,12 @@ def test_ray_executor_without_ray_is_one_line_exit_2(tmp_path, populated, capsys
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "pip install 'advarena[ray]'" in lines[0], err
     assert snapshot(populated) == before
+
+
+def test_a_non_finite_plugin_parameter_is_refused_naming_it():
+    import advarena
+    from advarena.errors import ParameterError
+
+    for bad in (float("inf"), float("nan"), "inf"):
+        with pytest.raises(ParameterError, match="fgsm: parameter 'eps' must be a finite"):
+            advarena.attack("fgsm", eps=bad)

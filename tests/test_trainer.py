@@ -64,6 +64,9 @@ class FGSMHalf(Defense):
     name = "test-fgsm-half"
     eps: float = param(0.1, ge=0)
 
+    def training_attacks(self):
+        return ("fgsm",)
+
     def loss(self, model, x, y, ctx):
         x_adv = ctx.run_attack(ctx.attack("fgsm"), model, x, y, eps=self.eps)
         return 0.5 * ctx.cross_entropy(model(x), y) + 0.5 * ctx.cross_entropy(model(x_adv), y)
@@ -74,6 +77,9 @@ class PGDOnly(Defense):
 
     name = "test-pgd-only"
     steps: int = param(3, ge=1)
+
+    def training_attacks(self):
+        return ("pgd",)
 
     def loss(self, model, x, y, ctx):
         atk = ctx.attack("pgd", steps=self.steps)
@@ -266,7 +272,7 @@ def test_training_is_reproducible_with_the_same_seed():
 
 
 def test_run_attack_output_respects_the_threat_model():
-    s = session(registry_defense("none"))
+    s = session(registry_defense("fgsm-at"))  # a defense that declares the fgsm it builds
     from advarena.trainer import StepContext
 
     ctx = StepContext(s, s.defense, 0, 0)

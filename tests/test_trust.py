@@ -173,7 +173,7 @@ def test_plugin_supplied_text_is_escaped_in_html(tmp_path, capsys, monkeypatch,
     monkeypatch.setattr(plugins, "default_registry", lambda: registry)
     root, out_dir = tmp_path / "S", tmp_path / "lb"
     code, out, err = invoke(["run", "--suite", TINY, "--store", root, "--quiet", "--defense",
-                             xss.NAME_PAYLOAD, "--protocol", "white-box"], capsys)
+                             xss.NAME, "--protocol", "white-box"], capsys)
     assert code == 0, (out, err)
     code, out, err = invoke(["leaderboard", "--store", root, "--out", out_dir], capsys)
     assert code == 0, (out, err)

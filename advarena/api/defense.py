@@ -51,6 +51,13 @@ class Defense(Plugin):
         """The atomic defenses this one is made of (itself, unless a composition)."""
         return [self]
 
+    def training_attacks(self) -> tuple[str, ...]:
+        """Names of the attack plugins this defense builds inside training (``ctx.attack``,
+        ``make_attack``), from its parameters. Their code enters the defense's cell keys, so
+        editing one of them retrains the defense; building an attack not named here fails the
+        cell."""
+        return ()
+
     def activation(self, info: DatasetInfo) -> ActivationFactory | None:
         return None
 
@@ -121,6 +128,9 @@ class Composite(Defense):
 
     def parts(self) -> list[Defense]:
         return list(self._parts)
+
+    def training_attacks(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(a for p in self._parts for a in p.training_attacks()))
 
     def params(self) -> dict:
         return {p.name: p.params() for p in self._parts}

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import AdvarenaError
+from ..text import printable, rich_text
 
 console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -60,11 +61,13 @@ def list_cmd(kind: str | None, as_json: bool) -> None:
         for d in data[k]:
             params = ", ".join(f"{p['name']}={_short(p['default'])}" for p in d["parameters"])
             name = d["name"] + (f" ({', '.join(d['aliases'])})" if d["aliases"] else "")
-            table.add_row(name, d["paper"], params or "-",
-                          f"{d['distribution']} {d['version']}".strip())
+            # Text cells: a plugin's strings are never parsed as rich markup.
+            table.add_row(*(rich_text(c) for c in (name, d["paper"], params or "-",
+                                                    f"{d['distribution']} {d['version']}"
+                                                    .strip())))
         console.print(table)
     for w in reg.warnings:
-        err_console.print(f"warning: {w}", markup=False)
+        err_console.print(f"warning: {printable(w)}", markup=False)
 
 
 def _short(value) -> str:
@@ -184,13 +187,15 @@ def main(argv: list[str] | None = None) -> None:
     except click.UsageError as exc:
         hint = f"; see 'advarena {exc.ctx.info_name} --help'" if exc.ctx and \
             exc.ctx.info_name != "advarena" else "; see 'advarena --help'"
-        err_console.print(f"error: {exc.format_message()}{hint}", markup=False, soft_wrap=True)
+        err_console.print(f"error: {printable(exc.format_message())}{hint}", markup=False,
+                          soft_wrap=True)
         sys.exit(2)
     except click.Abort:
         err_console.print("aborted", markup=False)
         sys.exit(130)
     except AdvarenaError as exc:
-        err_console.print(f"error: {exc}", markup=False, soft_wrap=True)
+        # Messages quote plugin strings: control characters are shown, not obeyed.
+        err_console.print(f"error: {printable(exc)}", markup=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted; finished cells are stored, run again to resume",

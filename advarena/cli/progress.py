@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn)
 
 from ..hookimpl import hookimpl
+from ..text import rich_escape as escape
 
 
 class RichProgress:
@@ -31,18 +31,20 @@ class RichProgress:
 
     @hookimpl
     def advarena_run_started(self, run_id, total_cells):
-        self.run_task = self.progress.add_task(f"run {run_id}", total=total_cells)
+        self.run_task = self.progress.add_task(f"run {escape(run_id)}", total=total_cells)
 
     @hookimpl
     def advarena_cell_started(self, cell):
         if self.cell_task is not None:
             self.progress.remove_task(self.cell_task)
-        self.cell_task = self.progress.add_task(f"  {cell.title}", total=None)
+        # Task descriptions are rich markup: titles and stages hold plugin strings.
+        self.cell_task = self.progress.add_task(f"  {escape(cell.title)}", total=None)
 
     @hookimpl
     def advarena_cell_progress(self, cell, stage, done, total):
         if self.cell_task is not None:
-            self.progress.update(self.cell_task, description=f"  {cell.title}: {stage}",
+            self.progress.update(self.cell_task,
+                                 description=f"  {escape(cell.title)}: {escape(stage)}",
                                  completed=done, total=total)
 
     @hookimpl

@@ -9,7 +9,6 @@ import uuid
 from pathlib import Path
 
 from rich.console import Console
-from rich.markup import escape
 
 from ..device import resolve_device
 from ..errors import AdvarenaError, DataError, SuiteError
@@ -19,7 +18,8 @@ from ..plugins import default_registry
 from ..report.export import records, write_records
 from ..runner import Environment, package_versions
 from ..store import Store
-from ..suite import load_suite
+from ..suite import check_seed, load_suite
+from ..text import rich_escape
 from .progress import RichProgress
 
 
@@ -52,7 +52,7 @@ def execute_run(console: Console, *, suite: str, defenses: list[str], datasets: 
             reg.entry("datasets", d)
         s = dataclasses.replace(s, datasets=list(datasets))
     if seed is not None:
-        s = dataclasses.replace(s, seeds=[seed])
+        s = dataclasses.replace(s, seeds=[check_seed(seed, "--seed")])
     for d in s.datasets:
         cls = reg.get("datasets", d)
         if cls.needs_data_dir and data_dir is None and not download:
@@ -173,9 +173,12 @@ def _report(console: Console, summary: dict, plan, store_dir: Path, output: Path
     console.print(f"run {summary['run_id']}: {summary['done']} cells run, {summary['cached']} "
                   f"reused from the store ({reused}), {summary['failed']} failed, "
                   f"{summary['skipped']} skipped, in {summary['seconds']:.1f}s")
-    console.print(f"defenses: {', '.join(plan.defenses)}; store: {store_dir}")
+    console.print(f"defenses: {rich_escape(', '.join(plan.defenses))}; store: "
+                  f"{rich_escape(store_dir)}")
+    for w in summary.get("warnings", ()):  # one line each: paths and hashes stay whole
+        console.print(f"[yellow]warning[/] {rich_escape(w)}", soft_wrap=True)
     for f in summary["failures"]:
-        console.print(f"[red]failed[/] {escape(f['cell'])}: {escape(f['error'])}")
+        console.print(f"[red]failed[/] {rich_escape(f['cell'])}: {rich_escape(f['error'])}")
     if output is not None:
         console.print(f"records exported to {output}")
     if summary["failed"] or summary["skipped"]:

@@ -89,6 +89,8 @@ class Executor:
         with watch_sigint():
             self._schedule(plan, state, summary)
         summary["seconds"] = time.perf_counter() - start_all
+        # What the store found wrong (damaged weights, rows failing their digests: run again).
+        summary["warnings"] = list(self.env.store.warnings)
         self.hook.advarena_run_finished(run_id=run_id, summary=summary)
         return summary
 

@@ -88,6 +88,7 @@ from typing import Any
 from ..errors import AdvarenaError
 from ..evaluation import unpack_outcomes
 from ..stats import Z95, wilson
+from ..text import markdown
 
 # -- what each metric means --------------------------------------------------------------------
 
@@ -708,10 +709,9 @@ def to_json(result: dict[str, Any], fail_on: str = "never") -> dict[str, Any]:
 # -- Markdown ----------------------------------------------------------------------------------
 
 def md_escape(text: Any) -> str:
-    """Neutralise Markdown table syntax and inline HTML in plugin-supplied strings."""
-    return (str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-            .replace("<", "&lt;").replace(">", "&gt;").replace("`", "\\`")
-            .replace("*", "\\*"))
+    """Plugin-supplied (or export-supplied) text neutralised for Markdown (control characters,
+    table syntax, inline HTML): :func:`advarena.text.markdown`."""
+    return markdown(text)
 
 
 def _setting_name(defense: Any, params: Any) -> str:

@@ -45,10 +45,13 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 
 from ..errors import AdvarenaError
 from ..plugins import Registry
 from ..store import Store
+from ..text import markdown as _md
+from ..text import printable
 
 ACCURACY_METRICS = {"accuracy", "robust_accuracy", "worst_case_accuracy", "transfer_accuracy",
                     "worst_transfer_accuracy", "adv_accuracy", "true_accuracy",
@@ -744,21 +747,20 @@ def _table_view(t: dict) -> dict[str, Any]:
     return {"table": t, "columns": [columns[i] for i in keep], "rows": view_rows}
 
 
-def _md(text: Any) -> str:
-    """A plugin-supplied string neutralised for Markdown: one line, no table-cell breaks, no
-    inline HTML, no link, image, code or emphasis syntax."""
-    s = str(text).replace("\\", "\\\\").replace("\r", " ").replace("\n", " ")
-    s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    for ch in "|[]`*":
-        s = s.replace(ch, "\\" + ch)
-    return s
+def _printable_value(value: Any) -> Any:
+    if isinstance(value, markupsafe.Markup):  # already escaped HTML: stays markup
+        return markupsafe.Markup(printable(value))
+    return printable(value) if isinstance(value, str) else value
 
 
 def _env() -> jinja2.Environment:
+    # finalize: every value a template prints has its control characters escaped (HTML gets
+    # jinja's autoescape on top; Markdown the |md filter).
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("advarena", "report/templates"),
         autoescape=jinja2.select_autoescape(["html", "html.j2"], default_for_string=True),
-        trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+        trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined,
+        finalize=_printable_value)
 
     def pct(stat: dict | None) -> str:
         return "–" if not stat else f"{100 * stat['value']:.1f}"

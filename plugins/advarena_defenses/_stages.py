@@ -18,6 +18,7 @@ from advarena.api import Attack, Defense, TensorData
 from advarena.errors import ParameterError
 from advarena.models import Classifier, predict
 from advarena.threat import run_checked
+from advarena.trainer import require_declared
 
 # Batch size for crafting and prediction outside the training loop.
 CRAFT_BATCH = 256
@@ -36,15 +37,17 @@ def parse_attack_params(items: Iterable[str], owner: str) -> dict[str, str]:
     return out
 
 
-def make_attack(name: str, params: Iterable[str], owner: str, **fixed: Any) -> Attack:
+def make_attack(name: str, params: Iterable[str], owner: Defense, **fixed: Any) -> Attack:
     """The registered attack ``name`` with ``fixed`` parameters (only those it declares)
-    overridden by the user's ``attack_params`` strings."""
+    overridden by the user's ``attack_params`` strings. ``owner`` (the defense building it)
+    must name it in ``training_attacks()``, so its code enters the defense's cell key."""
     from advarena.plugins import default_registry
 
+    require_declared(owner, name)
     cls = default_registry().get("attacks", name)
     known = {p.name for p in cls.describe_params()}
     merged = {k: v for k, v in fixed.items() if k in known and v is not None}
-    merged.update(parse_attack_params(params, owner))
+    merged.update(parse_attack_params(params, owner.name))
     return default_registry().create("attacks", name, **merged)
 
 

@@ -158,12 +158,15 @@ class AEC(Defense):
     # so not a parameter.
     pairs = None
 
+    def training_attacks(self) -> tuple[str, ...]:
+        return (self.attack,)
+
     def input_transform(self, info):
         return Autoencoder(info.input_shape, self.hidden, info.bounds)
 
     def fit(self, session) -> None:
         session.train()
-        adversary = make_attack(self.attack, self.attack_params, self.name)
+        adversary = make_attack(self.attack, self.attack_params, self)
         eps = self.eps if adversary.threat_model.budget == "bounded" else None
         pick = subsample(session, torch.arange(len(session.data), device=session.device),
                          self.max_examples)

@@ -81,10 +81,13 @@ class DeepFoolAT(Defense):
     clean = None
     adversarial = None
 
+    def training_attacks(self) -> tuple[str, ...]:
+        return ("deepfool",)
+
     def fit(self, session) -> None:
         family = session.info.family
         source = session.reference if session.reference is not None else session.model
-        attack = make_attack("deepfool", (), self.name, max_iter=self.max_iter,
+        attack = make_attack("deepfool", (), self, max_iter=self.max_iter,
                              overshoot=self.overshoot)
         pick = subsample(session, torch.arange(len(session.data), device=session.device),
                          self.max_examples)

@@ -111,6 +111,9 @@ class E2SAD(Defense):
         x_tilde, _ = second_point(model, x_adv, eps2, self.xi, ctx.info.bounds, ctx.generator)
         return x_adv, x_tilde
 
+    def training_attacks(self) -> tuple[str, ...]:
+        return ("fgsm",)
+
     def loss(self, model, x, y, ctx):
         lam = self.settings(ctx.info)[0]
         x_adv, x_tilde = self.adversarial_points(model, x, y, ctx)

@@ -61,6 +61,9 @@ class FGSMAdversarialTraining(Defense):
     def eps_for(self, info) -> float:
         return family_value(self.eps, EPS_BY_FAMILY, info)
 
+    def training_attacks(self) -> tuple[str, ...]:
+        return ("fgsm",)
+
     def loss(self, model, x, y, ctx):
         eps = self.eps_for(ctx.info)
         x_adv = ctx.run_attack(ctx.attack("fgsm", eps=eps), model, x, y, eps=eps)

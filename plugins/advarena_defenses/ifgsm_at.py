@@ -59,6 +59,9 @@ class IFGSMAdversarialTraining(Defense):
         return (family_value(self.eps, EPS_BY_FAMILY, info),
                 family_value(self.steps, STEPS_BY_FAMILY, info))
 
+    def training_attacks(self) -> tuple[str, ...]:
+        return ("ifgsm",)
+
     def loss(self, model, x, y, ctx):
         eps, steps = self.settings(ctx.info)
         # step_size None with steps given is eps/steps too; it keeps eps = 0 valid.

@@ -85,6 +85,9 @@ class Minimax(Defense):
         norm = (grad.pow(2).sum() + 1e-20).sqrt()
         return j_adv, eps * x_adv.shape[0] / 2 * norm
 
+    def training_attacks(self) -> tuple[str, ...]:
+        return ("fgsm",)
+
     def loss(self, model, x, y, ctx):
         eps = self.eps_for(ctx.info)
         x_adv = ctx.run_attack(ctx.attack("fgsm", eps=eps), model, x, y, eps=eps)

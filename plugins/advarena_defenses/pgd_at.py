@@ -70,6 +70,9 @@ class PGDAdversarialTraining(Defense):
                 family_value(self.step_size, STEP_BY_FAMILY, info),
                 family_value(self.steps, STEPS_BY_FAMILY, info))
 
+    def training_attacks(self) -> tuple[str, ...]:
+        return ("pgd",)
+
     def loss(self, model, x, y, ctx):
         eps, step, steps = self.settings(ctx.info)
         attack = ctx.attack("pgd", eps=eps, steps=steps, step_size=step,

@@ -92,8 +92,11 @@ class RAD(Defense):
     # After ``fit``: examples added per round. Not annotated, so not a parameter.
     added = None
 
+    def training_attacks(self) -> tuple[str, ...]:
+        return (self.attack,)
+
     def fit(self, session) -> None:
-        adversary = make_attack(self.attack, self.attack_params, self.name)
+        adversary = make_attack(self.attack, self.attack_params, self)
         eps = self.eps if adversary.threat_model.budget == "bounded" else None
         base = session.data
         session.train()
