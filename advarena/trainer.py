@@ -191,8 +191,10 @@ class TrainingSession:
                  progress: Callable[[str, int, int], None] | None = None,
                  channels_last: bool = False) -> None:
         self.model = model.to(device)
-        # channels_last (NHWC) speeds up convolutions on GPUs with tensor cores; it changes the
-        # memory layout only (weights are stored contiguous), so it is not part of the key.
+        # channels_last (NHWC) speeds up convolutions on GPUs with tensor cores. It changes the
+        # memory layout only, so it is not part of the key; but it applies to the 4-d conv
+        # weights too (``model.to(memory_format=...)``), which are then *not* contiguous: code
+        # that treats a weight as a matrix must reshape and write back (``parseval`` does).
         self.channels_last = channels_last
         if transform is not None:
             transform = transform.to(device)

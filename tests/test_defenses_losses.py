@@ -513,3 +513,34 @@ def test_deep_defense_plus_fgsm_at_composes(trained, digits):
     assert cost["backward_per_example"] == pytest.approx(2 + NUM_CLASSES * steps)
     before = dict(trained("none").model.named_parameters())
     assert any(not torch.equal(p, before[n]) for n, p in session.model.named_parameters())
+
+
+def test_parseval_with_channels_last_keeps_its_orthogonality(digits):
+    """Under ``--channels-last`` the conv weights are not contiguous: the retraction must still
+    reach them (a ``view`` crashed; a ``reshape`` alone would retract a copy and silently leave
+    the weights as plain training has them)."""
+    data = digits.train.subset(slice(0, 256))
+
+    def run(defense, channels_last):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(SEED)
+            net = advarena.architecture("cnn-001").build(digits.info)
+            session = TrainingSession(net, digits.info, data, digits.val,
+                                      TrainConfig(epochs=1, batch_size=32, lr=LR), defense,
+                                      device=CPU, seed=SEED, channels_last=channels_last)
+            defense.fit(session)
+        return session.model
+
+    parseval = advarena.defense("parseval", beta=5e-2)  # fast, so 8 steps show it
+    nhwc, nchw = run(parseval, True), run(parseval, False)
+    plain = run(advarena.defense("none"), True)
+    convs = [m for m in parseval_layers(nhwc) if m.weight.dim() == 4]
+    assert convs and not all(m.weight.is_contiguous() for m in convs)  # the case at issue
+    tight = 0
+    for a, b, c in zip(parseval_layers(nhwc), parseval_layers(nchw), parseval_layers(plain)):
+        assert parseval_deviation(a) == pytest.approx(parseval_deviation(b), rel=1e-3)
+        w = a.weight.flatten(1)
+        if w.shape[0] <= w.shape[1]:  # W W^T can reach I (64 x 9 first conv cannot: rank)
+            tight += a.weight.dim() == 4
+            assert parseval_deviation(a) < 0.97 * parseval_deviation(c)
+    assert tight

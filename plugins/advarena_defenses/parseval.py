@@ -21,11 +21,27 @@ def parseval_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def weight_matrix(layer: nn.Module) -> torch.Tensor:
-    """The layer's weight as a matrix, rows = output units (a view on the parameter): conv
-    kernels are unfolded to ``out x (in * kh * kw)``. Transposed convolutions store
-    ``in x out x ...``; their rows are then the input channels."""
+    """The layer's weight as a matrix, rows = output units: conv kernels are unfolded to
+    ``out x (in * kh * kw)``. Transposed convolutions store ``in x out x ...``; their rows are
+    then the input channels. A view on the parameter when the weight is contiguous, a copy
+    otherwise (a channels-last conv weight, ``--channels-last``): to change the weight use
+    :func:`retract_layer`, which writes the result back."""
     w = layer.weight
-    return w.view(w.shape[0], -1)
+    return w.reshape(w.shape[0], -1)
+
+
+@torch.no_grad()
+def retract_layer(layer: nn.Module, beta: float, fraction: float,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """:func:`parseval_step` on the layer's weight matrix, written back into the weight
+    whatever its memory layout (a channels-last weight cannot be viewed as a matrix, and a
+    retraction of a reshaped copy alone would be lost); returns the rows touched."""
+    w = layer.weight
+    mat = weight_matrix(layer)
+    idx = parseval_step(mat, beta, fraction, generator)
+    if mat.data_ptr() != w.data_ptr():  # a copy: write the retracted rows back
+        w.copy_(mat.view(w.shape))
+    return idx
 
 
 @torch.no_grad()
@@ -72,7 +88,8 @@ class ParsevalTraining(Defense):
     simplex); the zoo's residual networks add branches with fixed unit weights, so there is
     nothing to project and this plugin does not change architectures. Where a layer has more
     rows than columns, ``W W^T`` cannot reach the identity (rank); the retraction still drives
-    every singular value towards 1.
+    every singular value towards 1. Under ``--channels-last`` conv weights are not contiguous;
+    the retraction works on a matrix copy and writes it back (:func:`retract_layer`).
 
     Cost: 1 forward + 1 backward pass per example, as ``none``; the retraction is weight-only
     work after the step (not counted as passes; shows in the epoch time).
@@ -100,4 +117,4 @@ class ParsevalTraining(Defense):
     def after_step(self, model, ctx):
         beta = self.beta_for(ctx.info)
         for layer in parseval_layers(model):
-            parseval_step(weight_matrix(layer), beta, self.fraction, ctx.generator)
+            retract_layer(layer, beta, self.fraction, ctx.generator)
