@@ -149,6 +149,14 @@ class StepContext:
         term = self.defense.regularizer(model, x, y, logits, self)
         return logits.new_zeros(()) if term is None else term
 
+    def attack_precision(self):
+        """The precision of inner-attack math a defense computes itself inside ``loss`` or
+        ``regularizer`` (VAT's power iteration, e2SAD's second step, Deep Defense's DeepFool):
+        float32, leaving the step's autocast, as :meth:`run_attack` does for attack plugins,
+        unless the config asks for ``amp_attacks``. Inputs made under autocast (logits) must be
+        cast or recomputed inside it."""
+        return self.session.attack_precision()
+
     def attack(self, name: str, **params: Any) -> Attack:
         from .plugins import default_registry
 

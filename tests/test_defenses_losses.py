@@ -371,7 +371,7 @@ def test_deep_defense_regulariser_alone_has_a_gradient_on_the_weights(trained, d
     assert (defense.lam, defense.c, defense.d, defense.steps) == (15.0, 25.0, 5.0, 5)
     x, y = digits.train.x[:64], digits.train.y[:64]
     net.zero_grad(set_to_none=True)
-    term = defense.regularizer(net, x, y, net(x), None)
+    term = defense.regularizer(net, x, y, net(x), step_context(digits, defense, net))
     term.backward()
     for name, p in net.named_parameters():
         if name.endswith("weight"):
@@ -500,7 +500,7 @@ def test_deep_defense_plus_fgsm_at_composes(trained, digits):
     dd, at = combo.parts()
     total = combo.loss(net, x, y, step_context(digits, combo, net))
     at_only = at.loss(net, x, y, step_context(digits, at, net))
-    reg = dd.regularizer(net, x, y, net(x), None)
+    reg = dd.regularizer(net, x, y, net(x), step_context(digits, dd, net))
     assert float(reg.detach()) > 0
     torch.testing.assert_close(total, at_only + reg)
 
@@ -544,3 +544,37 @@ def test_parseval_with_channels_last_keeps_its_orthogonality(digits):
             tight += a.weight.dim() == 4
             assert parseval_deviation(a) < 0.97 * parseval_deviation(c)
     assert tight
+
+
+# -- mixed precision ----------------------------------------------------------------------------
+
+def amp_context(digits, defense, net, amp):
+    with torch.random.fork_rng(devices=[]):
+        session = TrainingSession(net, digits.info, digits.train, digits.val,
+                                  TrainConfig(epochs=1, batch_size=BATCH, lr=LR, amp=amp),
+                                  defense, device=CPU, seed=SEED)
+    return session, StepContext(session, defense, 0, 0)
+
+
+def test_vat_and_e2sad_inner_steps_stay_float32_under_amp(trained, digits):
+    """README: attacks inside training run in float32 under ``--amp``. VAT's power iteration and
+    e2SAD's second step live inside ``loss``; under bf16 autocast they must agree with float32
+    (in bf16 the 1e-3 finite difference is below the rounding: direction and signs are noise)."""
+    net = trained_net(trained).eval()
+    x, y = digits.test.x[:128], digits.test.y[:128]
+    vat, e2sad = advarena.defense("vat"), advarena.defense("e2sad")
+    out = {}
+    for amp in ("off", "bf16"):
+        session, ctx = amp_context(digits, vat, net, amp)
+        with session.autocast():
+            logits = net(x)
+            r = vat.r_adv(net, x, logits, ctx)
+        session, ctx = amp_context(digits, e2sad, net, amp)
+        with session.autocast():
+            _, x_tilde = e2sad.adversarial_points(net, x, y, ctx)
+        out[amp] = (r.float(), x_tilde.float())
+    (r32, t32), (r16, t16) = out["off"], out["bf16"]
+    cos = torch.nn.functional.cosine_similarity(r32.flatten(1), r16.flatten(1), dim=1)
+    assert float(cos.min()) > 0.99, float(cos.median())
+    # The second step's signs: x~ = clip(x_adv + eps2 sign(g)); compare where x~ moved.
+    assert float((t32 == t16).float().mean()) >= 0.99

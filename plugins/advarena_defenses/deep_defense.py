@@ -123,6 +123,10 @@ class DeepDefense(Defense):
     classified examples are not capped (``exp(-c r)`` cannot overflow). With a trained reference,
     as the method requires, the cap is not reached in practice (002 reports rho_2 of 0.1-0.3).
 
+    Precision: under ``--amp`` the differentiable DeepFool and the penalty run in float32
+    (``ctx.attack_precision``, as every training-time attack); its linearisation divides by
+    gradient differences that half precision rounds badly.
+
     Cost (measured): 1 + steps forward and 1 + K * steps backward passes per example (K classes):
     the cross-entropy forward, then per DeepFool iteration one forward and K gradient sweeps, and
     the one training sweep through everything: 6 + 51 for 10 classes and 5 iterations. 002's
@@ -169,4 +173,5 @@ class DeepDefense(Defense):
         return self.lam * terms.mean()
 
     def regularizer(self, model, x, y, logits, ctx):
-        return self.penalty(self.perturbation(model, x, y), x)
+        with ctx.attack_precision():  # the inner DeepFool in float32 under --amp
+            return self.penalty(self.perturbation(model, x, y), x)
