@@ -128,8 +128,10 @@ class StepContext:
     """What a defense's hooks see during one training step."""
 
     def __init__(self, session: "TrainingSession", defense: Defense, epoch: int,
-                 step: int) -> None:
+                 step: int, rows: torch.Tensor | None = None) -> None:
         self.session = session
+        # The batch's row indices into the stage's augmented training set (None outside one).
+        self.rows = rows
         self.defense = defense
         self.info = session.info
         self.device = session.device
@@ -139,7 +141,7 @@ class StepContext:
 
     def cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy against the defense's targets (soft ones if it sets them)."""
-        soft = self.defense.targets(labels, self.info.num_classes)
+        soft = self.defense.batch_targets(labels, self)
         if soft is None:
             return F.cross_entropy(logits, labels)
         return -(soft * F.log_softmax(logits, dim=1)).sum(1).mean()
@@ -305,7 +307,7 @@ class TrainingSession:
                 for step, i in enumerate(range(0, len(augmented), bs)):
                     idx = order[i:i + bs].to(self.device)
                     xb, yb = self._layout(augmented.x[idx]), augmented.y[idx]
-                    ctx = StepContext(self, defense, epoch, step)
+                    ctx = StepContext(self, defense, epoch, step, rows=idx)
                     counter.active = True
                     sweeps_before = counter.sweeps
                     with self.autocast():

@@ -9,6 +9,7 @@ hook                used by, for example
 ``activation``      ``brelu``: every swappable ReLU becomes another activation
 ``augment``         ``gda``: the training set is replaced once before training (N+1 copies)
 ``targets``         ``label-smoothing``: soft targets for the cross-entropy
+``batch_targets``   distillation's student stage: a step's soft targets by training-set row
 ``loss``            ``fgsm-at``, ``pgd-at``, ``e2sad``: the training loss of one batch
 ``regularizer``     ``vat``, ``deep-defense``: a term added to whatever loss is in force
 ``after_step``      ``parseval``: a projection after each optimiser step
@@ -21,13 +22,19 @@ of the same dataset, architecture and seed, for defenses that fine-tune (``deep-
 
 Defenses compose (:class:`Composite`): ``gda-brelu`` is ``gda`` with ``brelu``, and a user may ask
 for ``deep-defense+fgsm-at``. Hooks of the parts are chained; at most one part may override
-``loss``, ``activation``, ``input_transform``, ``targets`` or ``fit`` (checked when the
-composition is built).
+``loss``, ``activation``, ``input_transform``, ``targets`` (or ``batch_targets``) or ``fit``
+(checked when the composition is built). A multi-stage ``fit`` trains each stage through the
+composition's other hooks (its stages delegate to ``session.defense``), so a composition trains
+what its name says.
+
+The contract imports no implementation: the ``ctx`` and ``session`` arguments are the trainer's
+``advarena.trainer.StepContext`` and ``TrainingSession`` (duck-typed here, so that the trainer,
+which imports this module, is not imported back).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -36,9 +43,6 @@ from ..errors import ParameterError
 from ..models import ActivationFactory, InputTransform
 from ..params import Plugin
 from .data import DatasetInfo, TensorData
-
-if TYPE_CHECKING:
-    from ..trainer import StepContext, TrainingSession
 
 
 class Defense(Plugin):
@@ -61,6 +65,13 @@ class Defense(Plugin):
     def targets(self, labels: torch.Tensor, num_classes: int) -> torch.Tensor | None:
         """Soft targets (rows summing to 1) for ``labels``, or None for hard labels."""
         return None
+
+    def batch_targets(self, labels: torch.Tensor, ctx: "StepContext") -> torch.Tensor | None:
+        """The soft targets of one step's ``labels``, with the step in view: ``ctx.rows`` are the
+        batch's row indices into the stage's (augmented) training set, so a stage can hold
+        per-example targets that are no function of the label (a teacher's soft labels). The
+        default is :meth:`targets`."""
+        return self.targets(labels, ctx.info.num_classes)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              ctx: "StepContext") -> torch.Tensor:
@@ -88,6 +99,11 @@ def _overrides(part: Defense, hook: str) -> bool:
     return getattr(type(part), hook) is not getattr(Defense, hook)
 
 
+def _owns(part: Defense, hook: str) -> bool:
+    """Whether ``part`` overrides ``hook``; ``batch_targets`` counts as ``targets``."""
+    return _overrides(part, hook) or (hook == "targets" and _overrides(part, "batch_targets"))
+
+
 class Composite(Defense):
     """Several defenses applied together; built by the registry for names such as ``a+b``."""
 
@@ -100,7 +116,7 @@ class Composite(Defense):
             self._parts.extend(c.parts())
         self._name = name or "+".join(p.name for p in self._parts)
         for hook in ("loss", "activation", "input_transform", "fit", "targets"):
-            owners = [p.name for p in self._parts if _overrides(p, hook)]
+            owners = [p.name for p in self._parts if _owns(p, hook)]
             if len(owners) > 1:
                 raise ParameterError(
                     f"defenses {' and '.join(owners)} both define '{hook}' and cannot be combined")
@@ -129,7 +145,7 @@ class Composite(Defense):
         return {"name": self._name, "params": self.params()}
 
     def _owner(self, hook: str) -> Defense | None:
-        return next((p for p in self._parts if _overrides(p, hook)), None)
+        return next((p for p in self._parts if _owns(p, hook)), None)
 
     def activation(self, info: DatasetInfo) -> ActivationFactory | None:
         owner = self._owner("activation")
@@ -148,6 +164,10 @@ class Composite(Defense):
     def targets(self, labels: torch.Tensor, num_classes: int) -> torch.Tensor | None:
         owner = self._owner("targets")
         return owner.targets(labels, num_classes) if owner else None
+
+    def batch_targets(self, labels, ctx):
+        owner = self._owner("targets")
+        return owner.batch_targets(labels, ctx) if owner else None
 
     def loss(self, model, x, y, ctx):
         owner = self._owner("loss")

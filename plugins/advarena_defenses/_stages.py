@@ -123,6 +123,9 @@ class WithExtra(Defense):
     def targets(self, labels, num_classes):
         return self.parent.targets(labels, num_classes)
 
+    def batch_targets(self, labels, ctx):
+        return self.parent.batch_targets(labels, ctx)
+
     def loss(self, model, x, y, ctx):
         return self.parent.loss(model, x, y, ctx)
 
