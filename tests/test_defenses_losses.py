@@ -54,24 +54,32 @@ MARGINS = {
     "virtual-alpha-fixed-kl": 0.20,
 }
 
-# (case id, registry name, parameters, expected (forward, backward) passes per example).
-# Inner-step counts are small for speed; the pass-count formulas are the methods' (docstrings).
+# (case id, registry name, parameters, expected passes per example: forward, backward and
+# backward sweeps). Forward and backward are example-passes through the network (a sweep back
+# through two forward branches is 2 backward passes of work); sweeps are 000 Table I's unit
+# (advarena.trainer's docstring). Inner-step counts are small for speed; the formulas are the
+# methods' (docstrings).
 CASES = [
-    ("label-smoothing", "label-smoothing", {}, (1, 1)),
-    ("fgsm-at", "fgsm-at", {}, (3, 2)),
-    ("ifgsm-at", "ifgsm-at", {"steps": 3}, (3 + 2, 3 + 1)),
+    ("label-smoothing", "label-smoothing", {}, (1, 1, 1)),
+    # crafting 1 + 1; training forwards on x and x_fgsm, one sweep back through both
+    ("fgsm-at", "fgsm-at", {}, (3, 3, 2)),
+    ("ifgsm-at", "ifgsm-at", {"steps": 3}, (3 + 2, 3 + 2, 3 + 1)),
     # eps 0.1: the MNIST-family default 0.3 is most of an 8x8 digit's contrast; PGD training at
     # 0.3 leaves the MLP near 40% clean accuracy on digits (documented in pgd_at.py).
-    ("pgd-at", "pgd-at", {"eps": 0.1, "step_size": 0.05, "steps": 3}, (3 + 1, 3 + 1)),
-    ("vat", "vat", {}, (1 + 2, 1 + 1)),
-    ("virtual-alpha", "virtual-alpha", {}, (2, 1)),
-    ("virtual-alpha-fixed", "virtual-alpha", {"variant": "fixed"}, (1, 1)),
-    ("virtual-alpha-fixed-kl", "virtual-alpha", {"variant": "fixed-kl"}, (2, 1)),
-    ("parseval", "parseval", {}, (1, 1)),
-    ("e2sad", "e2sad", {}, (6, 3)),
+    ("pgd-at", "pgd-at", {"eps": 0.1, "step_size": 0.05, "steps": 3}, (3 + 1, 3 + 1, 3 + 1)),
+    ("vat", "vat", {}, (1 + 2, 1 + 2, 1 + 1)),
+    # 000 Table I: the KL variants are 2 F + 1 B (sweeps); the sweep reaches both forwards
+    ("virtual-alpha", "virtual-alpha", {}, (2, 2, 1)),
+    ("virtual-alpha-fixed", "virtual-alpha", {"variant": "fixed"}, (1, 1, 1)),
+    ("virtual-alpha-fixed-kl", "virtual-alpha", {"variant": "fixed-kl"}, (2, 2, 1)),
+    ("parseval", "parseval", {}, (1, 1, 1)),
+    # FGSM 1 + 1, second step 2 + 1, training forwards on x, x_adv, x~ and one sweep through
+    # the three
+    ("e2sad", "e2sad", {}, (6, 5, 3)),
     # eps 0.1: at the MNIST-family 0.3 the gradient-norm penalty makes training on digits
-    # unstable (documented in minimax.py).
-    ("minimax", "minimax", {"eps": 0.1}, (3, 3)),
+    # unstable (documented in minimax.py). FGSM 1 + 1, the penalty's input gradient through
+    # x_adv's forward, the training sweep through x's and x_adv's forwards.
+    ("minimax", "minimax", {"eps": 0.1}, (3, 4, 3)),
 ]
 DEEP_DEFENSE_STEPS = 2
 DEEP_DEFENSE_EPOCHS = 3
@@ -186,11 +194,12 @@ def test_trains_close_to_none_with_method_pass_counts(trained, digits, cid, name
                                                       passes):
     session = trained(cid)
     cost = session.cost()
-    fwd, bwd = passes
+    fwd, bwd, sweeps = passes
     assert cost["epochs"] == EPOCHS and cost["stages"] == 1
     assert cost["data_copies"] == 1.0
     assert cost["forward_per_example"] == pytest.approx(fwd)
     assert cost["backward_per_example"] == pytest.approx(bwd)
+    assert cost["backward_sweeps_per_example"] == pytest.approx(sweeps)
     acc, base = clean_accuracy(session, digits.test), clean_accuracy(trained("none"), digits.test)
     assert acc >= base - MARGINS.get(cid, CLEAN_MARGIN), (cid, acc, base)
 
@@ -199,9 +208,13 @@ def test_deep_defense_fine_tunes_close_to_reference_with_method_pass_counts(trai
     session = trained("deep-defense")
     cost = session.cost()
     # Cross-entropy forward, then per DeepFool iteration one forward and K gradient sweeps, and
-    # the training sweep: 1 + steps forward, 1 + K * steps backward.
-    assert cost["forward_per_example"] == pytest.approx(1 + DEEP_DEFENSE_STEPS)
-    assert cost["backward_per_example"] == pytest.approx(1 + NUM_CLASSES * DEEP_DEFENSE_STEPS)
+    # the training sweep, back through the cross-entropy's forward and every iteration's (the
+    # perturbation depends on their logits): 1 + steps forward, K * steps + 1 + steps backward
+    # in 1 + K * steps sweeps.
+    steps = DEEP_DEFENSE_STEPS
+    assert cost["forward_per_example"] == pytest.approx(1 + steps)
+    assert cost["backward_per_example"] == pytest.approx(NUM_CLASSES * steps + 1 + steps)
+    assert cost["backward_sweeps_per_example"] == pytest.approx(1 + NUM_CLASSES * steps)
     assert advarena.defense("deep-defense").needs_reference
     acc = clean_accuracy(session, digits.test)
     assert acc >= clean_accuracy(trained("none"), digits.test) - CLEAN_MARGIN
@@ -210,14 +223,15 @@ def test_deep_defense_fine_tunes_close_to_reference_with_method_pass_counts(trai
 def test_pass_counts_follow_the_inner_step_counts(digits):
     """Cost formulas at other inner-step counts: one epoch on 256 examples (two batches)."""
     data = digits.train.subset(slice(0, 256))
-    for defense, (fwd, bwd) in [
-        (advarena.defense("vat", power_iterations=3), (3 + 2, 3 + 1)),  # 000's I = 3
-        (advarena.defense("pgd-at", steps=2, eps=0.1), (2 + 1, 2 + 1)),
-        (advarena.defense("ifgsm-at", steps=1), (1 + 2, 1 + 1)),
+    for defense, (fwd, bwd, sweeps) in [
+        (advarena.defense("vat", power_iterations=3), (3 + 2, 3 + 2, 3 + 1)),  # 000's I = 3
+        (advarena.defense("pgd-at", steps=2, eps=0.1), (2 + 1, 2 + 1, 2 + 1)),
+        (advarena.defense("ifgsm-at", steps=1), (1 + 2, 1 + 2, 1 + 1)),
     ]:
         cost = fit(digits, defense, epochs=1, data=data).cost()
-        assert (cost["forward_per_example"], cost["backward_per_example"]) == \
-            pytest.approx((fwd, bwd)), defense.name
+        assert (cost["forward_per_example"], cost["backward_per_example"],
+                cost["backward_sweeps_per_example"]) == pytest.approx((fwd, bwd, sweeps)), \
+            defense.name
 
 
 # -- direction checks ---------------------------------------------------------------------------
@@ -509,8 +523,11 @@ def test_deep_defense_plus_fgsm_at_composes(trained, digits):
     session = fit(digits, combo, reference=trained("none").model, epochs=1, data=one_batch,
                   batch=64)
     cost = session.cost()
+    # fgsm-at's 3 + 3 and Deep Defense's K * steps crafting gradients; the training sweep goes
+    # back through x's, x_fgsm's and the DeepFool iteration's forwards
     assert cost["forward_per_example"] == pytest.approx(3 + steps)
-    assert cost["backward_per_example"] == pytest.approx(2 + NUM_CLASSES * steps)
+    assert cost["backward_per_example"] == pytest.approx(3 + NUM_CLASSES * steps + steps)
+    assert cost["backward_sweeps_per_example"] == pytest.approx(2 + NUM_CLASSES * steps)
     before = dict(trained("none").model.named_parameters())
     assert any(not torch.equal(p, before[n]) for n, p in session.model.named_parameters())
 

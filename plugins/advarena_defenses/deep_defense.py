@@ -127,10 +127,13 @@ class DeepDefense(Defense):
     (``ctx.attack_precision``, as every training-time attack); its linearisation divides by
     gradient differences that half precision rounds badly.
 
-    Cost (measured): 1 + steps forward and 1 + K * steps backward passes per example (K classes):
-    the cross-entropy forward, then per DeepFool iteration one forward and K gradient sweeps, and
-    the one training sweep through everything: 6 + 51 for 10 classes and 5 iterations. 002's
-    reverse network computes the K gradients in one K-wide reverse pass, the same work.
+    Cost (measured, example-passes): 1 + steps forward and K * steps + 1 + steps backward per
+    example (K classes): the cross-entropy forward, then per DeepFool iteration one forward and
+    K gradient sweeps, and the one training sweep back through the cross-entropy's forward and
+    every iteration's (1 + K * steps sweeps): 6 + 56 for 10 classes and 5 iterations. 002's
+    reverse network computes the K gradients in one K-wide reverse pass, the same work. The
+    second-order work of the training sweep (back through the inner gradients) shows in the
+    time, not in the counts.
 
     Parameters:
         lam (float, 15.0): lambda (002: 15 for MNIST/CIFAR-10, 5 for ImageNet).

@@ -43,8 +43,8 @@ class DeepFoolAT(Defense):
     every training example is attacked unless ``max_examples`` caps it.
 
     Cost: one DeepFool run over the training set (up to 50 iterations x (1 forward + 9
-    backward) per example for 10 classes, measured as one-off work ``crafting`` in the
-    cost record), then ``epochs`` epochs over 2 copies of the data (data_copies 2) at
+    backward example-passes) per example for 10 classes: its 9 class-difference gradients are
+    taken in one batched call, each counted as the backward pass it is, measured as one-off work ``crafting`` in the cost record), then ``epochs`` epochs over 2 copies of the data (data_copies 2) at
     1 forward + 1 backward pass each, on top of the reference model's own training.
 
     Parameters:

@@ -67,10 +67,11 @@ class E2SAD(Defense):
 
     Kind: adversarial training (owns the ``loss`` and ``targets`` hooks).
 
-    Cost (measured): 6 forward + 3 backward passes per example: FGSM (1 + 1), the second step
-    (a forward for the target ``f(x_adv)``, one at ``x~_0`` and one sweep), then training
-    forwards on ``x``, ``x_adv`` and ``x~`` and one training sweep. The three sweeps are 004's
-    "only two steps of gradient calculation" to find the adversaries plus the training step.
+    Cost (measured, example-passes): 6 forward + 5 backward per example: FGSM (1 + 1), the
+    second step (a forward for the target ``f(x_adv)``, one at ``x~_0`` and its backward), then
+    training forwards on ``x``, ``x_adv`` and ``x~`` and one training sweep back through the
+    three. Its three sweeps are 004's "only two steps of gradient calculation" to find the
+    adversaries plus the training step.
 
     Parameters:
         alpha (float, 0.6): weight of the clean loss.

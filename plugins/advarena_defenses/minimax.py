@@ -51,9 +51,10 @@ class Minimax(Defense):
 
     Kind: adversarial training with a gradient-norm regulariser (owns the ``loss`` hook).
 
-    Cost (measured): 3 forward + 3 backward passes per example: FGSM (1 + 1), training forwards
-    on ``x`` and ``x_adv``, the penalty's input-gradient sweep (with ``create_graph``) and the
-    training sweep.
+    Cost (measured, example-passes): 3 forward + 4 backward per example: FGSM (1 + 1), training
+    forwards on ``x`` and ``x_adv``, the penalty's input-gradient backward through ``x_adv``'s
+    forward (with ``create_graph``) and the training sweep back through both forwards (3
+    sweeps).
 
     Parameters:
         eps (float | None, None): FGSM budget and penalty scale (None: 0.3 MNIST-like, 24/255

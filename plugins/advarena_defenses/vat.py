@@ -76,9 +76,10 @@ class VirtualAdversarialTraining(Defense):
     bfloat16 the finite difference at xi = 1e-3 is below the rounding and the direction is
     noise. The KL term itself is part of the training loss and follows the step's precision.
 
-    Cost (measured): I + 2 forward and I + 1 backward passes per example with ``none``'s loss
-    (the shared clean forward, I power-iteration forwards and sweeps, the forward at
-    ``x + r_adv`` and the training sweep): 3 + 2 with I = 1, 5 + 4 with 000's I = 3. Networks
+    Cost (measured, example-passes): I + 2 forward and I + 2 backward per example with
+    ``none``'s loss (the shared clean forward, I power-iteration forwards and backwards, the
+    forward at ``x + r_adv`` and the training sweep back through it and the clean forward;
+    I + 1 sweeps): 3 + 3 with I = 1, 5 + 5 with 000's I = 3. Networks
     with batch norm or dropout take one more forward (an eval-mode ``p`` for the search).
 
     Parameters:

@@ -70,8 +70,9 @@ class VirtualAlpha(Defense):
 
     Cost (measured): ``fixed`` 1 forward + 1 backward (trains on ``x~`` only: "the first method
     does not require any additional passes"); ``fixed-kl`` and ``beta-kl`` 2 forward + 1
-    backward ("a second forward-pass to calculate the KL-Divergence - but no additional
-    backward-pass"), 000 Table I.
+    backward *sweep* ("a second forward-pass to calculate the KL-Divergence - but no additional
+    backward-pass"), 000 Table I's unit (``backward_sweeps_per_example``); the one sweep flows
+    back through both forwards, 2 backward example-passes of work (``backward_per_example``).
 
     000 reports that ``beta-kl`` (Beta(2, 4), lambda 10) converges faster than the base model
     on its ImageNet subset (Fig. 4, Table I). On the 8x8 digits (``mlp-toy``) the KL variants
