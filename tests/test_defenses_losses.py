@@ -138,8 +138,11 @@ def trained(digits):
             if cid == "none":
                 cache[cid] = fit(digits, advarena.defense("none"))
             elif cid == "deep-defense":
+                # the fine-tuning schedule set to the clean fine-tune's below
                 cache[cid] = fit(digits, advarena.defense("deep-defense",
-                                                          steps=DEEP_DEFENSE_STEPS),
+                                                          steps=DEEP_DEFENSE_STEPS,
+                                                          epochs=DEEP_DEFENSE_EPOCHS,
+                                                          lr=DEEP_DEFENSE_LR, cut_epochs=0),
                                  reference=get("none").model, epochs=DEEP_DEFENSE_EPOCHS,
                                  lr=DEEP_DEFENSE_LR)
             elif cid == "none-finetune":
@@ -503,7 +506,8 @@ def test_minimax_penalty_is_the_scaled_batch_gradient_norm_and_trains_the_weight
 def test_deep_defense_plus_fgsm_at_composes(trained, digits):
     """002 supplement: Deep Defense combined with FGSM training; both contribute to one step."""
     steps = 1
-    combo = advarena.defense("deep-defense+fgsm-at", **{"deep-defense": {"steps": steps}})
+    combo = advarena.defense("deep-defense+fgsm-at",
+                             **{"deep-defense": {"steps": steps, "epochs": 1}})
     assert isinstance(combo, Composite)
     assert [p.name for p in combo.parts()] == ["deep-defense", "fgsm-at"]
     assert combo.needs_reference

@@ -535,12 +535,61 @@ def test_deepfool_at_fine_tunes_on_deepfool_examples_of_the_reference(splits, re
     assert moved.float().mean() > 0.5
     with torch.no_grad():
         assert (ref_model(adv.x[moved]).argmax(1) != adv.y[moved]).all()
-    # Fine-tuning: 2 epochs at the lr, the last at half (002's cut), on clean + adversarial.
+    # Fine-tuning: 2 epochs at 002's 5e-4, the last at half (002's cut), on clean + adversarial.
     assert [s["epochs"] for s in run.stages] == [2, 1]
     assert run.stages[1]["lr"] == pytest.approx(run.stages[0]["lr"] / 2)
-    assert run.stages[0]["lr"] == pytest.approx(CONFIG.lr * 0.5)
+    assert run.stages[0]["lr"] == pytest.approx(5e-4)
     n = len(session.data)
     assert session.cost()["data_copies"] == pytest.approx((n + m) / n)
     # Crafting on the reference is measured: DeepFool's passes count in the cost record.
     assert session.cost()["one_off"]["crafting"]["backward_examples"] >= m
     check_accuracy("deepfool-at", run, splits, reference)
+
+
+# -- 002's fine-tuning protocol -----------------------------------------------------------------
+
+def test_002_defenses_fine_tune_from_the_reference_by_one_schedule(splits):
+    """002 sec. 4 and supplement Table 3: Deep Defense, Adv. Train I and Parseval are fine-tuned
+    from the same reference under identical policies (MNIST: 5 epochs at 5e-4, halved after
+    four; CIFAR-10: 50 epochs, halved for the last 10)."""
+    from types import SimpleNamespace
+
+    names = [("deep-defense", {}), ("deepfool-at", {}), ("parseval", {"finetune": True})]
+    defenses = [advarena.defense(n, **p) for n, p in names]
+    assert all(d.needs_reference for d in defenses)
+    assert not advarena.defense("parseval").needs_reference  # Cisse et al.: from scratch
+    for family, expected in (("mnist", [(4, 5e-4), (1, 2.5e-4)]),
+                             ("cifar", [(40, 5e-4), (10, 2.5e-4)])):
+        info = SimpleNamespace(family=family)
+        assert [d.schedule(info, CONFIG) for d in defenses] == [expected] * 3
+    # A composition of two of them follows the one schedule; different ones are refused.
+    info = SimpleNamespace(family="mnist")
+    assert advarena.defense("deep-defense+parseval", parseval={"finetune": True}).schedule(
+        info, CONFIG) == [(4, 5e-4), (1, 2.5e-4)]
+    from advarena.errors import ParameterError
+
+    with pytest.raises(ParameterError, match="schedules"):
+        advarena.defense("deep-defense+parseval",
+                         parseval={"finetune": True, "epochs": 2}).schedule(info, CONFIG)
+
+    # Parseval with finetune trains the reference's weights by the schedule, not from scratch.
+    ref = tiny_fit(splits, "none").model
+    calls, starts = [], []
+    real = TrainingSession.train
+
+    def recording(self, **kw):
+        calls.append((kw.get("epochs"), kw.get("lr")))
+        starts.append(all(torch.equal(a, b) for a, b in zip(self.model.state_dict().values(),
+                                                            ref.state_dict().values())))
+        return real(self, **kw)
+
+    TrainingSession.train = recording
+    try:
+        tiny_fit(splits, "parseval", {"finetune": True, "epochs": 2, "cut_epochs": 1},
+                 reference=ref)
+        assert calls == [(1, 5e-4), (1, 2.5e-4)] and starts[0]  # from the reference
+        calls.clear(), starts.clear()
+        tiny_fit(splits, "parseval")
+        assert calls == [(None, None)] and not starts[0]  # from scratch, the suite's settings
+    finally:
+        TrainingSession.train = real

@@ -19,6 +19,8 @@ hook                used by, for example
 
 ``needs_reference = True`` makes the trainer start from the trained undefended (``none``) model
 of the same dataset, architecture and seed, for defenses that fine-tune (``deep-defense``).
+``schedule`` gives the epochs and learning rate of each training stage of the default ``fit``
+(002's fine-tuning schedule, shared by ``deep-defense``, ``deepfool-at`` and ``parseval``).
 
 Defenses compose (:class:`Composite`): ``gda-brelu`` is ``gda`` with ``brelu``, and a user may ask
 for ``deep-defense+fgsm-at``. Hooks of the parts are chained; at most one part may override
@@ -90,9 +92,20 @@ class Defense(Plugin):
     def input_transform(self, info: DatasetInfo) -> InputTransform | None:
         return None
 
+    def schedule(self, info: DatasetInfo, config) -> list[tuple[int, float]] | None:
+        """``[(epochs, lr), ...]``: the stages the default :meth:`fit` trains, one
+        ``session.train`` each (a fine-tuning schedule), or None for one stage at the suite's
+        epochs and learning rate. ``config`` is the suite's training configuration."""
+        return None
+
     def fit(self, session: "TrainingSession") -> None:
         """Train ``session.model``. Multi-stage defenses call ``session.train`` several times."""
-        session.train()
+        stages = self.schedule(session.info, session.config)
+        if stages is None:
+            session.train()
+            return
+        for epochs, lr in stages:
+            session.train(epochs=epochs, lr=lr)
 
 
 def _overrides(part: Defense, hook: str) -> bool:
@@ -182,9 +195,27 @@ class Composite(Defense):
         for p in self._parts:
             p.after_step(model, ctx)
 
+    def schedule(self, info, config):
+        """The one schedule the parts ask for (None if none does); two different ones cannot be
+        combined."""
+        found = {p.name: s for p in self._parts
+                 if (s := p.schedule(info, config)) is not None}
+        if len({tuple(s) for s in found.values()}) > 1:
+            raise ParameterError(f"defenses {' and '.join(found)} ask for different training "
+                                 "schedules and cannot be combined")
+        return next(iter(found.values()), None)
+
     def fit(self, session) -> None:
         owner = self._owner("fit")
-        if owner is not None:
-            owner.fit(session)
-        else:
-            session.train()
+        if owner is None:
+            Defense.fit(self, session)
+            return
+        # A multi-stage fit runs its own stages; a fine-tuning schedule of another part would
+        # silently not run, unless the owner itself trains by the schedule (deepfool-at).
+        others = [p.name for p in self._parts if p is not owner
+                  and p.schedule(session.info, session.config) is not None]
+        if others and owner.schedule(session.info, session.config) is None:
+            raise ParameterError(f"{' and '.join(others)} fine-tunes by a schedule that "
+                                 f"{owner.name}'s own training stages would not follow; "
+                                 "they cannot be combined")
+        owner.fit(session)

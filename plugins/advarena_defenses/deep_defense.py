@@ -6,10 +6,10 @@ import dataclasses
 
 import torch
 
-from advarena.api import Defense
 from advarena.params import param
 
 from ._adv import crafting, flat_l2
+from ._stages import FineTuning
 
 
 # Cap of r in the misclassified term exp(d r): a DeepFool step as large as the image itself is a
@@ -93,7 +93,7 @@ def differentiable_deepfool(model, x: torch.Tensor, y: torch.Tensor, *, steps: i
     return DeepFoolResult(delta=(1 + overshoot) * r_tot, correct=correct, reached=reached)
 
 
-class DeepDefense(Defense):
+class DeepDefense(FineTuning):
     """Deep Defense: ``J + lambda * sum_T exp(-c r) + lambda * sum_F exp(d r)`` with
     ``r = ||Delta||_2 / ||x||_2`` and ``Delta`` a differentiable DeepFool perturbation.
 
@@ -106,7 +106,12 @@ class DeepDefense(Defense):
 
     Kind: regulariser (the ``regularizer`` hook; composes with ``fgsm-at``'s loss), and
     ``needs_reference = True``: the trainer starts from the trained ``none`` model of the same
-    dataset, architecture and seed, which this defense fine-tunes.
+    dataset, architecture and seed, which this defense fine-tunes by 002's schedule, the one
+    ``deepfool-at`` and ``parseval`` (with ``finetune``) follow too ("identical fine-tuning
+    policies and hyper-parameters for different defense methods", sec. 4; supplement Table 3):
+    ``epochs`` (5 MNIST-like, 50 CIFAR-like) at ``lr`` = 5e-4, the last ``cut_epochs`` (1, 10)
+    at half of it, with the suite's optimizer and batch size (002: SGD, momentum 0.9, weight
+    decay 5e-4, batches of 100).
 
     ``Delta`` comes from :func:`differentiable_deepfool`: ``steps`` DeepFool iterations with every
     gradient taken with ``create_graph=True``, so the regulariser's gradient reaches the weights
@@ -142,6 +147,7 @@ class DeepDefense(Defense):
         d (float, 5.0): scale for misclassified examples.
         steps (int, 5): DeepFool iterations kept in the graph (authors' code: 5).
         overshoot (float, 0.02): DeepFool overshoot.
+        epochs, cut_epochs, lr: the fine-tuning schedule (None: 002's, see above).
 
     Example::
 

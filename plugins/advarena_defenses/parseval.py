@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from advarena.api import Defense
 from advarena.params import param
 
 from ._adv import family_value
+from ._stages import FineTuning
 
 # 002 sec. 4: "beta = 0.0001 for MNIST, and beta = 0.0003 for CIFAR-10 after doing grid search".
 BETA_BY_FAMILY = {"mnist": 1e-4, "cifar": 3e-4}
@@ -65,7 +65,7 @@ def parseval_deviation(layer: nn.Module) -> float:
     return float((w @ w.t() - eye).norm())
 
 
-class ParsevalTraining(Defense):
+class ParsevalTraining(FineTuning):
     """Parseval training: after every optimiser step, retract each weight matrix towards the
     Stiefel manifold with ``W <- (1 + beta) W - beta W W^T W`` on a random 30% of its rows.
 
@@ -91,12 +91,20 @@ class ParsevalTraining(Defense):
     every singular value towards 1. Under ``--channels-last`` conv weights are not contiguous;
     the retraction works on a matrix copy and writes it back (:func:`retract_layer`).
 
+    Training: from scratch at the suite's settings by default (Cisse et al. train Parseval
+    networks from the start); ``finetune=True`` is 002's comparison, which fine-tunes Parseval
+    from the same reference model and by the same schedule as Deep Defense and Adv. Train I
+    (``needs_reference``; ``epochs``, ``cut_epochs``, ``lr`` as for ``deep-defense``: 5 / 50
+    epochs at 5e-4, the last 1 / 10 at half).
+
     Cost: 1 forward + 1 backward pass per example, as ``none``; the retraction is weight-only
     work after the step (not counted as passes; shows in the epoch time).
 
     Parameters:
         beta (float | None, None): retraction step (None: 1e-4 MNIST-like, 3e-4 CIFAR-like).
         fraction (float, 0.3): share of rows updated per step (002: 30%).
+        finetune (bool, False): fine-tune from the reference by 002's schedule.
+        epochs, cut_epochs, lr: that schedule (None: 002's; see ``deep-defense``).
 
     Example::
 
@@ -110,6 +118,14 @@ class ParsevalTraining(Defense):
 
     beta: float | None = param(None, gt=0, help="retraction step (None: 1e-4 MNIST, 3e-4 CIFAR)")
     fraction: float = param(0.3, gt=0, le=1, help="share of rows updated after each step")
+    finetune: bool = param(False, help="fine-tune from the reference by 002's schedule")
+
+    @property
+    def needs_reference(self) -> bool:  # type: ignore[override]
+        return self.finetune
+
+    def schedule(self, info, config):
+        return super().schedule(info, config) if self.finetune else None
 
     def beta_for(self, info) -> float:
         return family_value(self.beta, BETA_BY_FAMILY, info)
