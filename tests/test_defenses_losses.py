@@ -480,8 +480,9 @@ def test_e2sad_uses_smoothed_targets(digits):
 
 # -- minimax ------------------------------------------------------------------------------------
 
-def test_minimax_penalty_is_the_scaled_batch_gradient_norm_and_trains_the_weights(trained,
-                                                                                 digits):
+def test_minimax_penalty_is_per_example_and_trains_the_weights(trained, digits):
+    """004 eq. 5: (eps N / 2) ||dJ/dx_adv|| with J the batch mean is (eps / 2) ||grad J_i|| per
+    example, averaged: it does not grow with the batch size."""
     net = trained_net(trained)
     defense = advarena.defense("minimax")
     ctx = step_context(digits, defense, net)
@@ -490,12 +491,18 @@ def test_minimax_penalty_is_the_scaled_batch_gradient_norm_and_trains_the_weight
     x_adv = advarena.attack("fgsm", eps=eps)(Classifier(net, digits.info.bounds), x, y)
     net.zero_grad(set_to_none=True)
     _, pen = defense.penalty(net, x_adv, y, ctx)
-    # (eps N / 2) ||d mean-CE / dX|| = (eps / 2) sqrt(sum_i ||grad_x CE_i||^2)
     xa = x_adv.clone().requires_grad_(True)
     per_example = torch.nn.functional.cross_entropy(net(xa), y, reduction="sum")
     (g,) = torch.autograd.grad(per_example, xa)
-    torch.testing.assert_close(pen.detach(), eps / 2 * g.pow(2).sum().sqrt(), rtol=1e-4,
-                               atol=1e-6)
+    torch.testing.assert_close(pen.detach(), eps / 2 * g.flatten(1).norm(dim=1).mean(),
+                               rtol=1e-4, atol=1e-6)
+    # batch-size invariant: the batch's penalty is the mean of its halves', and a batch twice
+    # repeated has the same penalty (the whole-tensor norm would grow by sqrt(2))
+    halves = [defense.penalty(net, x_adv[i:i + 32], y[i:i + 32], ctx)[1].detach()
+              for i in (0, 32)]
+    torch.testing.assert_close(pen.detach(), (halves[0] + halves[1]) / 2, rtol=1e-4, atol=1e-6)
+    twice = defense.penalty(net, torch.cat([x_adv, x_adv]), y.repeat(2), ctx)[1].detach()
+    torch.testing.assert_close(twice, pen.detach(), rtol=1e-4, atol=1e-6)
     pen.backward()  # double backprop: the penalty alone moves the weights
     assert all(p.grad is not None and p.grad.abs().sum() > 0
                for n, p in net.named_parameters() if n.endswith("weight"))
@@ -599,3 +606,22 @@ def test_vat_and_e2sad_inner_steps_stay_float32_under_amp(trained, digits):
     assert float(cos.min()) > 0.99, float(cos.median())
     # The second step's signs: x~ = clip(x_adv + eps2 sign(g)); compare where x~ moved.
     assert float((t32 == t16).float().mean()) >= 0.99
+
+
+# -- virtual alpha composed ---------------------------------------------------------------------
+
+def test_virtual_alpha_kl_composes_with_fgsm_at(trained, digits):
+    """000's KL variants are a regulariser: ``virtual-alpha+fgsm-at`` is fgsm-at's loss plus the
+    KL term (its one extra forward); the ``fixed`` variant replaces the batch and owns ``loss``,
+    so it cannot be combined with another loss owner."""
+    from advarena.errors import ParameterError
+
+    combo = advarena.defense("virtual-alpha+fgsm-at")
+    one_batch = digits.train.subset(slice(0, 128))
+    cost = fit(digits, combo, epochs=1, data=one_batch).cost()
+    alone = fit(digits, advarena.defense("fgsm-at"), epochs=1, data=one_batch).cost()
+    assert cost["forward_per_example"] == pytest.approx(alone["forward_per_example"] + 1)
+    assert cost["backward_sweeps_per_example"] == pytest.approx(
+        alone["backward_sweeps_per_example"])
+    with pytest.raises(ParameterError, match="loss"):
+        advarena.defense("virtual-alpha+fgsm-at", **{"virtual-alpha": {"variant": "fixed"}})

@@ -57,6 +57,15 @@ class Defense(Plugin):
         """The atomic defenses this one is made of (itself, unless a composition)."""
         return [self]
 
+    def owns(self, hook: str) -> bool:
+        """Whether this defense takes over ``hook`` in a composition (at most one part may own
+        each of ``loss``, ``activation``, ``input_transform``, ``targets``, ``fit``). By default,
+        whether its class overrides the hook (``batch_targets`` counts as ``targets``); a
+        defense whose override is a no-op for some parameters says so here (``virtual-alpha``'s
+        KL variants do not take over ``loss``)."""
+        return _overrides(self, hook) or (hook == "targets"
+                                          and _overrides(self, "batch_targets"))
+
     def activation(self, info: DatasetInfo) -> ActivationFactory | None:
         return None
 
@@ -113,8 +122,7 @@ def _overrides(part: Defense, hook: str) -> bool:
 
 
 def _owns(part: Defense, hook: str) -> bool:
-    """Whether ``part`` overrides ``hook``; ``batch_targets`` counts as ``targets``."""
-    return _overrides(part, hook) or (hook == "targets" and _overrides(part, "batch_targets"))
+    return part.owns(hook)
 
 
 class Composite(Defense):
