@@ -348,6 +348,19 @@ def test_distillation_with_another_multi_stage_defense_is_refused(other):
         advarena.defense(f"{other}+distillation")
 
 
+@pytest.mark.parametrize("other", ["deep-defense", "parseval"])
+def test_a_fine_tuning_schedule_with_distillations_stages_is_refused(other):
+    """Distillation trains teacher and student by its own stages: a part that fine-tunes from
+    the reference by 002's schedule would not be followed, so the composition is refused at
+    construction; parseval without ``finetune`` composes."""
+    from advarena.errors import ParameterError
+
+    params = {"parseval": {"finetune": True}} if other == "parseval" else {}
+    with pytest.raises(ParameterError, match="schedule"):
+        advarena.defense(f"{other}+distillation", **params)
+    advarena.defense("parseval+distillation")
+
+
 def test_gda_plus_aec_and_deepfool_at_keep_the_composed_hooks(splits):
     """The other multi-stage defenses train their classifier stages through the composition:
     ``gda+aec``'s classifier stage on 11 copies, ``gda+deepfool-at``'s fine-tuning on the

@@ -14,6 +14,7 @@ hook                used by, for example
 ``regularizer``     ``vat``, ``deep-defense``: a term added to whatever loss is in force
 ``after_step``      ``parseval``: a projection after each optimiser step
 ``input_transform`` ``feature-squeezing``, ``aec``: a module placed in front of the classifier
+``schedule``        ``deep-defense``: the (epochs, lr) stages of the default ``fit`` (002's)
 ``fit``             ``distillation``, ``rad``: several stages, each a call of ``session.train``
 ==================  ===========================================================================
 
@@ -117,6 +118,10 @@ class Defense(Plugin):
             session.train(epochs=epochs, lr=lr)
 
 
+# A dataset description for construction-time checks of schedules (which read the family).
+_PROBE = DatasetInfo("probe", (1,), 2, family="mnist")
+
+
 def _overrides(part: Defense, hook: str) -> bool:
     return getattr(type(part), hook) is not getattr(Defense, hook)
 
@@ -141,6 +146,27 @@ class Composite(Defense):
             if len(owners) > 1:
                 raise ParameterError(
                     f"defenses {' and '.join(owners)} both define '{hook}' and cannot be combined")
+        self._check_schedules(_PROBE)
+
+    def _check_schedules(self, info) -> None:
+        """A fine-tuning schedule of one part and another part's own multi-stage ``fit`` (which
+        would not follow it) cannot be combined; nor can two different schedules. Checked at
+        construction on a probe dataset (schedules depend on the dataset family only) and again
+        in :meth:`fit`."""
+        try:
+            schedules = {p.name: p.schedule(info, None) for p in self._parts}
+        except Exception:  # noqa: BLE001 - a schedule that needs the real config: fit checks
+            return
+        owner = self._owner("fit")
+        tuned = [n for n, s in schedules.items() if s is not None
+                 and (owner is None or n != owner.name)]
+        if owner is not None and tuned and schedules[owner.name] is None:
+            raise ParameterError(f"{' and '.join(tuned)} fine-tunes by a schedule that "
+                                 f"{owner.name}'s own training stages would not follow; "
+                                 "they cannot be combined")
+        if len({tuple(s) for s in schedules.values() if s is not None}) > 1:
+            raise ParameterError(f"defenses {' and '.join(n for n, s in schedules.items() if s)}"
+                                 " ask for different training schedules and cannot be combined")
 
     @property  # type: ignore[override]
     def name(self) -> str:  # noqa: D401 - a per-instance name
@@ -220,10 +246,5 @@ class Composite(Defense):
             return
         # A multi-stage fit runs its own stages; a fine-tuning schedule of another part would
         # silently not run, unless the owner itself trains by the schedule (deepfool-at).
-        others = [p.name for p in self._parts if p is not owner
-                  and p.schedule(session.info, session.config) is not None]
-        if others and owner.schedule(session.info, session.config) is None:
-            raise ParameterError(f"{' and '.join(others)} fine-tunes by a schedule that "
-                                 f"{owner.name}'s own training stages would not follow; "
-                                 "they cannot be combined")
+        self._check_schedules(session.info)
         owner.fit(session)
