@@ -1,17 +1,22 @@
 """The shared trainer. Every defense trains through it, so every defense's cost is measured the
 same way: wall time per epoch, validation accuracy over time, and passes per training example.
 
-Passes are counted by hooks on the network, not reported by the defense: a forward pass is an
-example pushed through the network during a training step (crafting included); a backward pass is one autograd sweep (a
-``backward()`` or ``autograd.grad`` call) that reaches the network's output, counted once for the
-training batch it belongs to, however many forward branches it flows through. This is the unit of
-000 Table I: virtual-alpha with KL needs "a second forward-pass ... but no additional
-backward-pass" (2 forward + 1 backward), PGD training with I steps needs I+1 of each, and GDA's
-cost shows as N+1 copies of the data at 1 + 1 passes each.
+Passes are counted by hooks on the network, not reported by the defense, in **example-passes
+through the network** (``PASS_UNIT``): a forward pass is one example (row) pushed through the
+network during a training step (crafting included); a backward pass is one row of a forward
+output that a gradient sweep (a ``backward()`` or ``autograd.grad`` call) flowed back through.
+So a sweep through two forward branches of B rows each counts 2B (fgsm-at's training sweep
+through ``x`` and ``x_adv``), and one ``autograd.grad(..., is_grads_batched=True)`` call with M
+cotangents counts M times its rows (DeepFool's per-class gradients), exactly what the same
+computation done with explicit loops counts.
 
-Known limit: one ``autograd.grad(..., is_grads_batched=True)`` call is one sweep to the counter,
-though it does the work of as many backward passes as it has cotangents; code that trains
-through such calls should loop instead (``deep-defense`` does).
+000 Table I counts differently: a backward pass there is one *sweep* per example, however many
+forward branches it flows through (virtual-alpha with KL needs "a second forward-pass ... but no
+additional backward-pass": 2 forward + 1 backward sweep). That unit is kept beside the first
+(``backward_sweeps_per_example``, ``SWEEP_UNIT``); both agree wherever each sweep reaches one
+branch (``none`` 1 + 1, PGD training with I steps (I + 1) + (I + 1), GDA N + 1 copies at
+1 + 1 each). Second-order work (the training sweep of a double-backprop regulariser through its
+inner gradients) is not counted separately: it shows in the time.
 """
 
 from __future__ import annotations
@@ -37,6 +42,28 @@ try:  # one id per autograd sweep; without it each output's gradient counts as a
     _graph_task_id = torch._C._current_graph_task_id
 except AttributeError:  # pragma: no cover - very old torch
     _graph_task_id = None
+
+# What the pass counts of a cost record mean (stored with it; the leaderboard shows them).
+PASS_UNIT = "example-passes through the network per training example"
+SWEEP_UNIT = "autograd sweeps per training example (000 Table I's backward passes)"
+
+
+def _cotangents(grad: torch.Tensor) -> int:
+    """How many cotangents a gradient stands for: 1, or M inside an ``autograd.grad`` call with
+    ``is_grads_batched=True`` (M vmapped backward passes, one hook call on a batched tensor
+    whose visible shape is one cotangent's)."""
+    try:
+        if not torch._C._functorch.is_legacy_batchedtensor(grad):
+            return 1
+        for level in range(1, 32):  # the vmap level of the batched dimension
+            # At a level the tensor is batched at, the batch size given is ignored (0 here);
+            # at any other level the result has that size, 0.
+            size = torch._remove_batch_dim(grad, level, 0, 0).shape[0]
+            if size:
+                return int(size)
+    except (AttributeError, RuntimeError):  # pragma: no cover - other torch internals
+        pass
+    return 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,13 +123,15 @@ _KEY_OPTIONAL = {"amp": "off", "amp_attacks": False}
 
 
 class PassCounter:
-    """Counts forward examples and backward sweeps through a module while ``active``."""
+    """Counts forward and backward example-passes (and sweeps) through a module while
+    ``active`` (see the module docstring for the units)."""
 
     def __init__(self, module: nn.Module) -> None:
         self.active = False
         self.forward_examples = 0
+        self.backward_examples = 0  # rows of every forward output each sweep reached
         self.sweeps = 0
-        self.sweep_examples = 0  # examples of the first output each sweep reached
+        self.sweep_examples = 0  # rows of the first output each sweep reached (000's unit)
         self._seen: set[int] = set()
         self._handle = module.register_forward_hook(self._on_forward)
 
@@ -114,11 +143,13 @@ class PassCounter:
             output.register_hook(self._on_backward)
 
     def _on_backward(self, grad: torch.Tensor) -> None:
+        k = _cotangents(grad)
+        self.backward_examples += k * grad.shape[0]
         task = _graph_task_id() if _graph_task_id is not None else -1
         if task == -1 or task not in self._seen:
             self._seen.add(task)
-            self.sweeps += 1
-            self.sweep_examples += grad.shape[0]
+            self.sweeps += k
+            self.sweep_examples += k * grad.shape[0]
 
     def remove(self) -> None:
         self._handle.remove()
@@ -145,8 +176,10 @@ class StepContext:
     """What a defense's hooks see during one training step."""
 
     def __init__(self, session: "TrainingSession", defense: Defense, epoch: int,
-                 step: int) -> None:
+                 step: int, rows: torch.Tensor | None = None) -> None:
         self.session = session
+        # The batch's row indices into the stage's augmented training set (None outside one).
+        self.rows = rows
         self.defense = defense
         self.info = session.info
         self.device = session.device
@@ -156,7 +189,7 @@ class StepContext:
 
     def cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy against the defense's targets (soft ones if it sets them)."""
-        soft = self.defense.targets(labels, self.info.num_classes)
+        soft = self.defense.batch_targets(labels, self)
         if soft is None:
             return F.cross_entropy(logits, labels)
         return -(soft * F.log_softmax(logits, dim=1)).sum(1).mean()
@@ -165,6 +198,14 @@ class StepContext:
                      logits: torch.Tensor) -> torch.Tensor:
         term = self.defense.regularizer(model, x, y, logits, self)
         return logits.new_zeros(()) if term is None else term
+
+    def attack_precision(self):
+        """The precision of inner-attack math a defense computes itself inside ``loss`` or
+        ``regularizer`` (VAT's power iteration, e2SAD's second step, Deep Defense's DeepFool):
+        float32, leaving the step's autocast, as :meth:`run_attack` does for attack plugins,
+        unless the config asks for ``amp_attacks``. Inputs made under autocast (logits) must be
+        cast or recomputed inside it."""
+        return self.session.attack_precision()
 
     def attack(self, name: str, **params: Any) -> Attack:
         """The attack plugin ``name``, which the session's defense must declare in
@@ -211,8 +252,10 @@ class TrainingSession:
                  progress: Callable[[str, int, int], None] | None = None,
                  channels_last: bool = False) -> None:
         self.model = model.to(device)
-        # channels_last (NHWC) speeds up convolutions on GPUs with tensor cores; it changes the
-        # memory layout only (weights are stored contiguous), so it is not part of the key.
+        # channels_last (NHWC) speeds up convolutions on GPUs with tensor cores. It changes the
+        # memory layout only, so it is not part of the key; but it applies to the 4-d conv
+        # weights too (``model.to(memory_format=...)``), which are then *not* contiguous: code
+        # that treats a weight as a matrix must reshape and write back (``parseval`` does).
         self.channels_last = channels_last
         if transform is not None:
             transform = transform.to(device)
@@ -233,6 +276,7 @@ class TrainingSession:
         self.trained_examples = 0
         self.weighted_sweeps = 0.0
         self.forward_examples = 0
+        self.backward_examples = 0
         self.stages = 0
         # Free-form, JSON-ready facts a defense reports about its training (e.g. RAD's
         # examples added per round); stored with the train cell's result.
@@ -280,10 +324,11 @@ class TrainingSession:
             counter.active = False
             counter.remove()
             rec = self.one_off.setdefault(label, {"seconds": 0.0, "forward_examples": 0,
-                                                  "backward_examples": 0})
+                                                  "backward_examples": 0, "sweep_examples": 0})
             rec["seconds"] += time.perf_counter() - start
             rec["forward_examples"] += counter.forward_examples
-            rec["backward_examples"] += counter.sweep_examples
+            rec["backward_examples"] += counter.backward_examples
+            rec["sweep_examples"] += counter.sweep_examples
 
     def train(self, *, epochs: int | None = None, data: TensorData | None = None,
               defense: Defense | None = None, model: nn.Module | None = None,
@@ -315,7 +360,7 @@ class TrainingSession:
                 for step, i in enumerate(range(0, len(augmented), bs)):
                     idx = order[i:i + bs].to(self.device)
                     xb, yb = self._layout(augmented.x[idx]), augmented.y[idx]
-                    ctx = StepContext(self, defense, epoch, step)
+                    ctx = StepContext(self, defense, epoch, step, rows=idx)
                     counter.active = True
                     sweeps_before = counter.sweeps
                     with self.autocast():
@@ -345,6 +390,7 @@ class TrainingSession:
                 self.progress(f"train stage {stage}", epoch + 1, epochs)
         finally:
             self.forward_examples += counter.forward_examples
+            self.backward_examples += counter.backward_examples
             counter.remove()
             model.eval()
 
@@ -365,8 +411,10 @@ class TrainingSession:
         n = max(1, self.trained_examples)
         extra_fwd = sum(r["forward_examples"] for r in self.one_off.values())
         extra_bwd = sum(r["backward_examples"] for r in self.one_off.values())
+        extra_sweeps = sum(r.get("sweep_examples", 0) for r in self.one_off.values())
         fwd = (self.forward_examples + extra_fwd) / n
-        bwd = (self.weighted_sweeps + extra_bwd) / n
+        bwd = (self.backward_examples + extra_bwd) / n
+        sweeps = (self.weighted_sweeps + extra_sweeps) / n
         # Training examples per original example and epoch, over all stages (RAD's grows).
         copies = n / max(1, self.original_examples * len(self.history))
         elapsed, curve = 0.0, []
@@ -382,6 +430,9 @@ class TrainingSession:
             "data_copies": copies,
             "forward_per_example": fwd,
             "backward_per_example": bwd,
+            "backward_sweeps_per_example": sweeps,
+            "pass_unit": PASS_UNIT,
+            "sweep_unit": SWEEP_UNIT,
             # per original training example and epoch: copies of the data times passes on each
             "passes_per_example": copies * (fwd + bwd),
             "val_accuracy_curve": curve,

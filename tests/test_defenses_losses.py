@@ -54,24 +54,32 @@ MARGINS = {
     "virtual-alpha-fixed-kl": 0.20,
 }
 
-# (case id, registry name, parameters, expected (forward, backward) passes per example).
-# Inner-step counts are small for speed; the pass-count formulas are the methods' (docstrings).
+# (case id, registry name, parameters, expected passes per example: forward, backward and
+# backward sweeps). Forward and backward are example-passes through the network (a sweep back
+# through two forward branches is 2 backward passes of work); sweeps are 000 Table I's unit
+# (advarena.trainer's docstring). Inner-step counts are small for speed; the formulas are the
+# methods' (docstrings).
 CASES = [
-    ("label-smoothing", "label-smoothing", {}, (1, 1)),
-    ("fgsm-at", "fgsm-at", {}, (3, 2)),
-    ("ifgsm-at", "ifgsm-at", {"steps": 3}, (3 + 2, 3 + 1)),
+    ("label-smoothing", "label-smoothing", {}, (1, 1, 1)),
+    # crafting 1 + 1; training forwards on x and x_fgsm, one sweep back through both
+    ("fgsm-at", "fgsm-at", {}, (3, 3, 2)),
+    ("ifgsm-at", "ifgsm-at", {"steps": 3}, (3 + 2, 3 + 2, 3 + 1)),
     # eps 0.1: the MNIST-family default 0.3 is most of an 8x8 digit's contrast; PGD training at
     # 0.3 leaves the MLP near 40% clean accuracy on digits (documented in pgd_at.py).
-    ("pgd-at", "pgd-at", {"eps": 0.1, "step_size": 0.05, "steps": 3}, (3 + 1, 3 + 1)),
-    ("vat", "vat", {}, (1 + 2, 1 + 1)),
-    ("virtual-alpha", "virtual-alpha", {}, (2, 1)),
-    ("virtual-alpha-fixed", "virtual-alpha", {"variant": "fixed"}, (1, 1)),
-    ("virtual-alpha-fixed-kl", "virtual-alpha", {"variant": "fixed-kl"}, (2, 1)),
-    ("parseval", "parseval", {}, (1, 1)),
-    ("e2sad", "e2sad", {}, (6, 3)),
+    ("pgd-at", "pgd-at", {"eps": 0.1, "step_size": 0.05, "steps": 3}, (3 + 1, 3 + 1, 3 + 1)),
+    ("vat", "vat", {}, (1 + 2, 1 + 2, 1 + 1)),
+    # 000 Table I: the KL variants are 2 F + 1 B (sweeps); the sweep reaches both forwards
+    ("virtual-alpha", "virtual-alpha", {}, (2, 2, 1)),
+    ("virtual-alpha-fixed", "virtual-alpha", {"variant": "fixed"}, (1, 1, 1)),
+    ("virtual-alpha-fixed-kl", "virtual-alpha", {"variant": "fixed-kl"}, (2, 2, 1)),
+    ("parseval", "parseval", {}, (1, 1, 1)),
+    # FGSM 1 + 1, second step 2 + 1, training forwards on x, x_adv, x~ and one sweep through
+    # the three
+    ("e2sad", "e2sad", {}, (6, 5, 3)),
     # eps 0.1: at the MNIST-family 0.3 the gradient-norm penalty makes training on digits
-    # unstable (documented in minimax.py).
-    ("minimax", "minimax", {"eps": 0.1}, (3, 3)),
+    # unstable (documented in minimax.py). FGSM 1 + 1, the penalty's input gradient through
+    # x_adv's forward, the training sweep through x's and x_adv's forwards.
+    ("minimax", "minimax", {"eps": 0.1}, (3, 4, 3)),
 ]
 DEEP_DEFENSE_STEPS = 2
 DEEP_DEFENSE_EPOCHS = 3
@@ -130,8 +138,11 @@ def trained(digits):
             if cid == "none":
                 cache[cid] = fit(digits, advarena.defense("none"))
             elif cid == "deep-defense":
+                # the fine-tuning schedule set to the clean fine-tune's below
                 cache[cid] = fit(digits, advarena.defense("deep-defense",
-                                                          steps=DEEP_DEFENSE_STEPS),
+                                                          steps=DEEP_DEFENSE_STEPS,
+                                                          epochs=DEEP_DEFENSE_EPOCHS,
+                                                          lr=DEEP_DEFENSE_LR, cut_epochs=0),
                                  reference=get("none").model, epochs=DEEP_DEFENSE_EPOCHS,
                                  lr=DEEP_DEFENSE_LR)
             elif cid == "none-finetune":
@@ -186,11 +197,12 @@ def test_trains_close_to_none_with_method_pass_counts(trained, digits, cid, name
                                                       passes):
     session = trained(cid)
     cost = session.cost()
-    fwd, bwd = passes
+    fwd, bwd, sweeps = passes
     assert cost["epochs"] == EPOCHS and cost["stages"] == 1
     assert cost["data_copies"] == 1.0
     assert cost["forward_per_example"] == pytest.approx(fwd)
     assert cost["backward_per_example"] == pytest.approx(bwd)
+    assert cost["backward_sweeps_per_example"] == pytest.approx(sweeps)
     acc, base = clean_accuracy(session, digits.test), clean_accuracy(trained("none"), digits.test)
     assert acc >= base - MARGINS.get(cid, CLEAN_MARGIN), (cid, acc, base)
 
@@ -199,9 +211,13 @@ def test_deep_defense_fine_tunes_close_to_reference_with_method_pass_counts(trai
     session = trained("deep-defense")
     cost = session.cost()
     # Cross-entropy forward, then per DeepFool iteration one forward and K gradient sweeps, and
-    # the training sweep: 1 + steps forward, 1 + K * steps backward.
-    assert cost["forward_per_example"] == pytest.approx(1 + DEEP_DEFENSE_STEPS)
-    assert cost["backward_per_example"] == pytest.approx(1 + NUM_CLASSES * DEEP_DEFENSE_STEPS)
+    # the training sweep, back through the cross-entropy's forward and every iteration's (the
+    # perturbation depends on their logits): 1 + steps forward, K * steps + 1 + steps backward
+    # in 1 + K * steps sweeps.
+    steps = DEEP_DEFENSE_STEPS
+    assert cost["forward_per_example"] == pytest.approx(1 + steps)
+    assert cost["backward_per_example"] == pytest.approx(NUM_CLASSES * steps + 1 + steps)
+    assert cost["backward_sweeps_per_example"] == pytest.approx(1 + NUM_CLASSES * steps)
     assert advarena.defense("deep-defense").needs_reference
     acc = clean_accuracy(session, digits.test)
     assert acc >= clean_accuracy(trained("none"), digits.test) - CLEAN_MARGIN
@@ -210,14 +226,15 @@ def test_deep_defense_fine_tunes_close_to_reference_with_method_pass_counts(trai
 def test_pass_counts_follow_the_inner_step_counts(digits):
     """Cost formulas at other inner-step counts: one epoch on 256 examples (two batches)."""
     data = digits.train.subset(slice(0, 256))
-    for defense, (fwd, bwd) in [
-        (advarena.defense("vat", power_iterations=3), (3 + 2, 3 + 1)),  # 000's I = 3
-        (advarena.defense("pgd-at", steps=2, eps=0.1), (2 + 1, 2 + 1)),
-        (advarena.defense("ifgsm-at", steps=1), (1 + 2, 1 + 1)),
+    for defense, (fwd, bwd, sweeps) in [
+        (advarena.defense("vat", power_iterations=3), (3 + 2, 3 + 2, 3 + 1)),  # 000's I = 3
+        (advarena.defense("pgd-at", steps=2, eps=0.1), (2 + 1, 2 + 1, 2 + 1)),
+        (advarena.defense("ifgsm-at", steps=1), (1 + 2, 1 + 2, 1 + 1)),
     ]:
         cost = fit(digits, defense, epochs=1, data=data).cost()
-        assert (cost["forward_per_example"], cost["backward_per_example"]) == \
-            pytest.approx((fwd, bwd)), defense.name
+        assert (cost["forward_per_example"], cost["backward_per_example"],
+                cost["backward_sweeps_per_example"]) == pytest.approx((fwd, bwd, sweeps)), \
+            defense.name
 
 
 # -- direction checks ---------------------------------------------------------------------------
@@ -371,7 +388,7 @@ def test_deep_defense_regulariser_alone_has_a_gradient_on_the_weights(trained, d
     assert (defense.lam, defense.c, defense.d, defense.steps) == (15.0, 25.0, 5.0, 5)
     x, y = digits.train.x[:64], digits.train.y[:64]
     net.zero_grad(set_to_none=True)
-    term = defense.regularizer(net, x, y, net(x), None)
+    term = defense.regularizer(net, x, y, net(x), step_context(digits, defense, net))
     term.backward()
     for name, p in net.named_parameters():
         if name.endswith("weight"):
@@ -463,8 +480,9 @@ def test_e2sad_uses_smoothed_targets(digits):
 
 # -- minimax ------------------------------------------------------------------------------------
 
-def test_minimax_penalty_is_the_scaled_batch_gradient_norm_and_trains_the_weights(trained,
-                                                                                 digits):
+def test_minimax_penalty_is_per_example_and_trains_the_weights(trained, digits):
+    """004 eq. 5: (eps N / 2) ||dJ/dx_adv|| with J the batch mean is (eps / 2) ||grad J_i|| per
+    example, averaged: it does not grow with the batch size."""
     net = trained_net(trained)
     defense = advarena.defense("minimax")
     ctx = step_context(digits, defense, net)
@@ -473,12 +491,18 @@ def test_minimax_penalty_is_the_scaled_batch_gradient_norm_and_trains_the_weight
     x_adv = advarena.attack("fgsm", eps=eps)(Classifier(net, digits.info.bounds), x, y)
     net.zero_grad(set_to_none=True)
     _, pen = defense.penalty(net, x_adv, y, ctx)
-    # (eps N / 2) ||d mean-CE / dX|| = (eps / 2) sqrt(sum_i ||grad_x CE_i||^2)
     xa = x_adv.clone().requires_grad_(True)
     per_example = torch.nn.functional.cross_entropy(net(xa), y, reduction="sum")
     (g,) = torch.autograd.grad(per_example, xa)
-    torch.testing.assert_close(pen.detach(), eps / 2 * g.pow(2).sum().sqrt(), rtol=1e-4,
-                               atol=1e-6)
+    torch.testing.assert_close(pen.detach(), eps / 2 * g.flatten(1).norm(dim=1).mean(),
+                               rtol=1e-4, atol=1e-6)
+    # batch-size invariant: the batch's penalty is the mean of its halves', and a batch twice
+    # repeated has the same penalty (the whole-tensor norm would grow by sqrt(2))
+    halves = [defense.penalty(net, x_adv[i:i + 32], y[i:i + 32], ctx)[1].detach()
+              for i in (0, 32)]
+    torch.testing.assert_close(pen.detach(), (halves[0] + halves[1]) / 2, rtol=1e-4, atol=1e-6)
+    twice = defense.penalty(net, torch.cat([x_adv, x_adv]), y.repeat(2), ctx)[1].detach()
+    torch.testing.assert_close(twice, pen.detach(), rtol=1e-4, atol=1e-6)
     pen.backward()  # double backprop: the penalty alone moves the weights
     assert all(p.grad is not None and p.grad.abs().sum() > 0
                for n, p in net.named_parameters() if n.endswith("weight"))
@@ -489,7 +513,8 @@ def test_minimax_penalty_is_the_scaled_batch_gradient_norm_and_trains_the_weight
 def test_deep_defense_plus_fgsm_at_composes(trained, digits):
     """002 supplement: Deep Defense combined with FGSM training; both contribute to one step."""
     steps = 1
-    combo = advarena.defense("deep-defense+fgsm-at", **{"deep-defense": {"steps": steps}})
+    combo = advarena.defense("deep-defense+fgsm-at",
+                             **{"deep-defense": {"steps": steps, "epochs": 1}})
     assert isinstance(combo, Composite)
     assert [p.name for p in combo.parts()] == ["deep-defense", "fgsm-at"]
     assert combo.needs_reference
@@ -500,7 +525,7 @@ def test_deep_defense_plus_fgsm_at_composes(trained, digits):
     dd, at = combo.parts()
     total = combo.loss(net, x, y, step_context(digits, combo, net))
     at_only = at.loss(net, x, y, step_context(digits, at, net))
-    reg = dd.regularizer(net, x, y, net(x), None)
+    reg = dd.regularizer(net, x, y, net(x), step_context(digits, dd, net))
     assert float(reg.detach()) > 0
     torch.testing.assert_close(total, at_only + reg)
 
@@ -509,7 +534,94 @@ def test_deep_defense_plus_fgsm_at_composes(trained, digits):
     session = fit(digits, combo, reference=trained("none").model, epochs=1, data=one_batch,
                   batch=64)
     cost = session.cost()
+    # fgsm-at's 3 + 3 and Deep Defense's K * steps crafting gradients; the training sweep goes
+    # back through x's, x_fgsm's and the DeepFool iteration's forwards
     assert cost["forward_per_example"] == pytest.approx(3 + steps)
-    assert cost["backward_per_example"] == pytest.approx(2 + NUM_CLASSES * steps)
+    assert cost["backward_per_example"] == pytest.approx(3 + NUM_CLASSES * steps + steps)
+    assert cost["backward_sweeps_per_example"] == pytest.approx(2 + NUM_CLASSES * steps)
     before = dict(trained("none").model.named_parameters())
     assert any(not torch.equal(p, before[n]) for n, p in session.model.named_parameters())
+
+
+def test_parseval_with_channels_last_keeps_its_orthogonality(digits):
+    """Under ``--channels-last`` the conv weights are not contiguous: the retraction must still
+    reach them (a ``view`` crashed; a ``reshape`` alone would retract a copy and silently leave
+    the weights as plain training has them)."""
+    data = digits.train.subset(slice(0, 256))
+
+    def run(defense, channels_last):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(SEED)
+            net = advarena.architecture("cnn-001").build(digits.info)
+            session = TrainingSession(net, digits.info, data, digits.val,
+                                      TrainConfig(epochs=1, batch_size=32, lr=LR), defense,
+                                      device=CPU, seed=SEED, channels_last=channels_last)
+            defense.fit(session)
+        return session.model
+
+    parseval = advarena.defense("parseval", beta=5e-2)  # fast, so 8 steps show it
+    nhwc, nchw = run(parseval, True), run(parseval, False)
+    plain = run(advarena.defense("none"), True)
+    convs = [m for m in parseval_layers(nhwc) if m.weight.dim() == 4]
+    assert convs and not all(m.weight.is_contiguous() for m in convs)  # the case at issue
+    tight = 0
+    for a, b, c in zip(parseval_layers(nhwc), parseval_layers(nchw), parseval_layers(plain)):
+        assert parseval_deviation(a) == pytest.approx(parseval_deviation(b), rel=1e-3)
+        w = a.weight.flatten(1)
+        if w.shape[0] <= w.shape[1]:  # W W^T can reach I (64 x 9 first conv cannot: rank)
+            tight += a.weight.dim() == 4
+            assert parseval_deviation(a) < 0.97 * parseval_deviation(c)
+    assert tight
+
+
+# -- mixed precision ----------------------------------------------------------------------------
+
+def amp_context(digits, defense, net, amp):
+    with torch.random.fork_rng(devices=[]):
+        session = TrainingSession(net, digits.info, digits.train, digits.val,
+                                  TrainConfig(epochs=1, batch_size=BATCH, lr=LR, amp=amp),
+                                  defense, device=CPU, seed=SEED)
+    return session, StepContext(session, defense, 0, 0)
+
+
+def test_vat_and_e2sad_inner_steps_stay_float32_under_amp(trained, digits):
+    """README: attacks inside training run in float32 under ``--amp``. VAT's power iteration and
+    e2SAD's second step live inside ``loss``; under bf16 autocast they must agree with float32
+    (in bf16 the 1e-3 finite difference is below the rounding: direction and signs are noise)."""
+    net = trained_net(trained).eval()
+    x, y = digits.test.x[:128], digits.test.y[:128]
+    vat, e2sad = advarena.defense("vat"), advarena.defense("e2sad")
+    out = {}
+    for amp in ("off", "bf16"):
+        session, ctx = amp_context(digits, vat, net, amp)
+        with session.autocast():
+            logits = net(x)
+            r = vat.r_adv(net, x, logits, ctx)
+        session, ctx = amp_context(digits, e2sad, net, amp)
+        with session.autocast():
+            _, x_tilde = e2sad.adversarial_points(net, x, y, ctx)
+        out[amp] = (r.float(), x_tilde.float())
+    (r32, t32), (r16, t16) = out["off"], out["bf16"]
+    cos = torch.nn.functional.cosine_similarity(r32.flatten(1), r16.flatten(1), dim=1)
+    assert float(cos.min()) > 0.99, float(cos.median())
+    # The second step's signs: x~ = clip(x_adv + eps2 sign(g)); compare where x~ moved.
+    assert float((t32 == t16).float().mean()) >= 0.99
+
+
+# -- virtual alpha composed ---------------------------------------------------------------------
+
+def test_virtual_alpha_kl_composes_with_fgsm_at(trained, digits):
+    """000's KL variants are a regulariser: ``virtual-alpha+fgsm-at`` is fgsm-at's loss plus the
+    KL term (its one extra forward); the ``fixed`` variant replaces the batch and owns ``loss``,
+    so it cannot be combined with another loss owner."""
+    from advarena.errors import ParameterError
+
+    combo = advarena.defense("virtual-alpha+fgsm-at")
+    one_batch = digits.train.subset(slice(0, 128))
+    cost = fit(digits, combo, epochs=1, data=one_batch).cost()
+    alone = fit(digits, advarena.defense("fgsm-at"), epochs=1, data=one_batch).cost()
+    assert cost["forward_per_example"] == pytest.approx(alone["forward_per_example"] + 1)
+    assert cost["backward_sweeps_per_example"] == pytest.approx(
+        alone["backward_sweeps_per_example"])
+    with pytest.raises(ParameterError, match="loss"):
+        advarena.defense("virtual-alpha+fgsm-at", **{"virtual-alpha": {"variant": "fixed"}})

@@ -192,26 +192,30 @@ def test_feature_squeezing_trains_on_squeezed_inputs(splits, reference):
 # -- distillation -------------------------------------------------------------------------------
 
 def test_distillation_student_sees_temperature_soft_labels(splits, reference):
-    from advarena_defenses.distillation import StudentStage, TeacherStage
+    from advarena.trainer import StepContext
+    from advarena_defenses.distillation import DistillationStage, Tempered
 
     T = 100.0
     run = train(splits, "distillation", {"temperature": T, "teacher_epochs": 12,
                                          "student_epochs": 12})
     assert len(run.stages) == 2
     teacher_call, student_call = run.stages
-    teacher = teacher_call["model"]
-    assert isinstance(teacher_call["defense"], TeacherStage)
-    assert teacher is not run.session.model
-    assert isinstance(student_call["defense"], StudentStage)
-    assert student_call.get("model") is None  # the student is the session's network
+    for call in run.stages:
+        assert isinstance(call["defense"], DistillationStage)
+        assert isinstance(call["model"], Tempered) and call["model"].temperature == T
+    assert teacher_call["defense"].teacher is None  # the teacher trains on the labels
+    teacher = student_call["defense"].teacher
+    assert teacher is teacher_call["model"].net and teacher is not run.session.model
+    assert student_call["model"].net is run.session.model  # the student is the session's net
     stage = student_call["defense"]
-    data = student_call["data"]
-    rows = data.y
-    # The student's targets are softmax(teacher logits / T) of exactly its inputs.
+    data = run.session.data
+    # The student's targets are softmax(teacher logits / T) of exactly its inputs, by row.
     teacher.eval()
     with torch.no_grad():
         expected = F.softmax(teacher(data.x) / T, dim=1)
-    targets = stage.batch_targets(rows)
+    rows = torch.arange(len(data))
+    ctx = StepContext(run.session, stage, 0, 0, rows=rows)
+    targets = stage.batch_targets(data.y, ctx)
     torch.testing.assert_close(targets, expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(targets.sum(1), torch.ones(len(rows)))
     # Soft, not one-hot: at T = 100 they are much flatter than the teacher's T = 1 outputs.
@@ -223,7 +227,9 @@ def test_distillation_student_sees_temperature_soft_labels(splits, reference):
     x, r = data.x[:16], rows[:16]
     with torch.no_grad():
         manual = -(expected[:16] * F.log_softmax(student(x) / T, 1)).sum(1).mean()
-        assert stage.loss(student, x, r, None) == pytest.approx(float(manual), rel=1e-5)
+        got = stage.loss(student_call["model"], x, data.y[:16],
+                         StepContext(run.session, stage, 0, 0, rows=r))
+        assert float(got) == pytest.approx(float(manual), rel=1e-5)
     # Deployed at T = 1: the classifier returns the student's raw logits.
     with torch.no_grad():
         assert torch.equal(run.model(splits.test.x[:8]), student(splits.test.x[:8]))
@@ -232,14 +238,144 @@ def test_distillation_student_sees_temperature_soft_labels(splits, reference):
     check_accuracy("distillation", run, splits, reference)
 
 
-def test_distillation_teacher_loss_is_at_temperature():
-    from advarena_defenses.distillation import TeacherStage
+def test_distillation_teacher_loss_is_at_temperature(splits):
+    from advarena.trainer import StepContext
+    from advarena_defenses.distillation import DistillationStage, Tempered
 
     logits = torch.randn(5, 10)
     y = torch.randint(0, 10, (5,))
-    stage = TeacherStage(7.0)
-    loss = stage.loss(lambda x: x, logits, y, None)
+    plain = advarena.defense("none")
+    session = TrainingSession(nn.Identity(), splits.info, splits.test, splits.test, CONFIG,
+                              plain, device=torch.device("cpu"), seed=SEED)
+    stage = DistillationStage(plain, session, 7.0)
+    loss = stage.loss(Tempered(nn.Identity(), 7.0), logits, y,
+                      StepContext(session, stage, 0, 0, rows=torch.arange(5)))
     assert float(loss) == pytest.approx(float(F.cross_entropy(logits / 7.0, y)))
+
+
+# -- distillation composed: the composition trains what its name says ---------------------------
+
+TINY = TrainConfig(epochs=1, batch_size=64, lr=2e-3, val_fraction=0.1)
+
+
+def tiny_fit(splits, name: str, params: dict | None = None, *, reference=None):
+    """``name`` on 300 digits, the small ``mlp-toy``, 1 epoch per stage: as ``run_train``
+    builds a session (the stage-recording ``train`` above, a smaller network)."""
+    reg = default_registry()
+    info = splits.info
+    data, val = split_validation(splits.train.subset(slice(0, 300)), 0.1, SEED)
+    with torch.random.fork_rng(devices=[]):
+        seed_everything(SEED)
+        defense = reg.create("defenses", name, **(params or {}))
+        net = reg.create("architectures", "mlp-toy").build(
+            info, defense.activation(info) or nn.ReLU)
+        if reference is not None:
+            net.load_state_dict(reference.state_dict())
+        session = TrainingSession(net, info, data, val, TINY, defense,
+                                  device=torch.device("cpu"), seed=SEED, reference=reference,
+                                  transform=defense.input_transform(info))
+        defense.fit(session)
+    return session
+
+
+@pytest.fixture(scope="module")
+def plain_distillation(splits):
+    return tiny_fit(splits, "distillation", {"temperature": 10.0})
+
+
+def test_gda_plus_distillation_trains_both_stages_on_the_copies(splits, plain_distillation):
+    plain = plain_distillation.cost()
+    combo = tiny_fit(splits, "gda+distillation", {"gda": {"n": 10},
+                                                   "distillation": {"temperature": 10.0}})
+    cost = combo.cost()
+    assert plain["data_copies"] == pytest.approx(1)
+    assert cost["data_copies"] == pytest.approx(11)  # teacher and student on 11 copies
+    # the teacher labels every input the student trains on: 11 copies' forwards
+    assert combo.one_off["soft_labels"]["forward_examples"] == 11 * len(combo.data)
+
+
+def test_vat_plus_distillation_has_vat_passes_in_both_stages(splits, plain_distillation):
+    plain = plain_distillation.cost()
+    combo = tiny_fit(splits, "vat+distillation", {"distillation": {"temperature": 10.0}})
+    cost = combo.cost()
+    vat = tiny_fit(splits, "vat").cost()
+    assert plain["forward_per_example"] < cost["forward_per_example"]
+    # per trained example, each stage costs what VAT costs (plus the soft labels' forwards)
+    extra = combo.one_off["soft_labels"]["forward_examples"] / combo.trained_examples
+    assert cost["forward_per_example"] == pytest.approx(vat["forward_per_example"] + extra)
+    assert cost["backward_per_example"] == pytest.approx(vat["backward_per_example"])
+
+
+def test_distillation_plus_parseval_retracts_the_student(splits, plain_distillation):
+    from advarena_defenses.parseval import parseval_deviation, parseval_layers
+
+    combo = tiny_fit(splits, "distillation+parseval", {"distillation": {"temperature": 10.0},
+                                                       "parseval": {"beta": 5e-2}})
+    plain = plain_distillation
+    pairs = list(zip(parseval_layers(combo.model), parseval_layers(plain.model)))
+    assert any(not torch.equal(a.weight, b.weight) for a, b in pairs)
+    for a, b in pairs:
+        w = a.weight.flatten(1)
+        if w.shape[0] <= w.shape[1]:
+            assert parseval_deviation(a) < parseval_deviation(b)
+
+
+def test_label_smoothing_plus_distillation_smooths_the_teachers_labels(splits,
+                                                                      plain_distillation):
+    from advarena.trainer import StepContext
+    from advarena_defenses.distillation import DistillationStage
+
+    combo = advarena.defense("label-smoothing+distillation",
+                             **{"label-smoothing": {"weight": 0.75}})
+    teacher_stage = DistillationStage(combo, None, 10.0)
+    y = torch.tensor([0, 3])
+    ctx = StepContext(plain_distillation, teacher_stage, 0, 0, rows=torch.arange(2))
+    t = teacher_stage.batch_targets(y, ctx)
+    assert t is not None and float(t[0, 0]) == pytest.approx(0.75)
+    session = tiny_fit(splits, "label-smoothing+distillation",
+                       {"label-smoothing": {"weight": 0.75},
+                        "distillation": {"temperature": 10.0}})
+    assert any(not torch.equal(a, b) for a, b in zip(session.model.state_dict().values(),
+                                                     plain_distillation.model.state_dict()
+                                                     .values()))
+
+
+@pytest.mark.parametrize("other", ["rad", "aec", "feature-squeezing"])
+def test_distillation_with_another_multi_stage_defense_is_refused(other):
+    from advarena.errors import ParameterError
+
+    with pytest.raises(ParameterError, match="fit"):
+        advarena.defense(f"{other}+distillation")
+
+
+@pytest.mark.parametrize("other", ["deep-defense", "parseval"])
+def test_a_fine_tuning_schedule_with_distillations_stages_is_refused(other):
+    """Distillation trains teacher and student by its own stages: a part that fine-tunes from
+    the reference by 002's schedule would not be followed, so the composition is refused at
+    construction; parseval without ``finetune`` composes."""
+    from advarena.errors import ParameterError
+
+    params = {"parseval": {"finetune": True}} if other == "parseval" else {}
+    with pytest.raises(ParameterError, match="schedule"):
+        advarena.defense(f"{other}+distillation", **params)
+    advarena.defense("parseval+distillation")
+
+
+def test_gda_plus_aec_and_deepfool_at_keep_the_composed_hooks(splits):
+    """The other multi-stage defenses train their classifier stages through the composition:
+    ``gda+aec``'s classifier stage on 11 copies, ``gda+deepfool-at``'s fine-tuning on the
+    11 copies of (clean + DeepFool) data."""
+    need_attack("deepfool")
+    ref = tiny_fit(splits, "none").model
+    dfat = tiny_fit(splits, "gda+deepfool-at", {"gda": {"n": 10},
+                                                "deepfool-at": {"epochs": 1, "max_iter": 5}},
+                    reference=ref)
+    assert dfat.cost()["data_copies"] == pytest.approx(22)
+    aec = tiny_fit(splits, "gda+aec", {"gda": {"n": 10},
+                                       "aec": {"attack": "fgsm", "ae_epochs": 1}})
+    assert aec.cost()["stages"] == 2
+    # stage 0 (classifier) on 11 copies, stage 1 (autoencoder) on 2 (adversarial + clean)
+    assert aec.trained_examples == 11 * len(aec.data) + 2 * len(aec.data)
 
 
 # -- RAD ----------------------------------------------------------------------------------------
@@ -412,12 +548,61 @@ def test_deepfool_at_fine_tunes_on_deepfool_examples_of_the_reference(splits, re
     assert moved.float().mean() > 0.5
     with torch.no_grad():
         assert (ref_model(adv.x[moved]).argmax(1) != adv.y[moved]).all()
-    # Fine-tuning: 2 epochs at the lr, the last at half (002's cut), on clean + adversarial.
+    # Fine-tuning: 2 epochs at 002's 5e-4, the last at half (002's cut), on clean + adversarial.
     assert [s["epochs"] for s in run.stages] == [2, 1]
     assert run.stages[1]["lr"] == pytest.approx(run.stages[0]["lr"] / 2)
-    assert run.stages[0]["lr"] == pytest.approx(CONFIG.lr * 0.5)
+    assert run.stages[0]["lr"] == pytest.approx(5e-4)
     n = len(session.data)
     assert session.cost()["data_copies"] == pytest.approx((n + m) / n)
     # Crafting on the reference is measured: DeepFool's passes count in the cost record.
     assert session.cost()["one_off"]["crafting"]["backward_examples"] >= m
     check_accuracy("deepfool-at", run, splits, reference)
+
+
+# -- 002's fine-tuning protocol -----------------------------------------------------------------
+
+def test_002_defenses_fine_tune_from_the_reference_by_one_schedule(splits):
+    """002 sec. 4 and supplement Table 3: Deep Defense, Adv. Train I and Parseval are fine-tuned
+    from the same reference under identical policies (MNIST: 5 epochs at 5e-4, halved after
+    four; CIFAR-10: 50 epochs, halved for the last 10)."""
+    from types import SimpleNamespace
+
+    names = [("deep-defense", {}), ("deepfool-at", {}), ("parseval", {"finetune": True})]
+    defenses = [advarena.defense(n, **p) for n, p in names]
+    assert all(d.needs_reference for d in defenses)
+    assert not advarena.defense("parseval").needs_reference  # Cisse et al.: from scratch
+    for family, expected in (("mnist", [(4, 5e-4), (1, 2.5e-4)]),
+                             ("cifar", [(40, 5e-4), (10, 2.5e-4)])):
+        info = SimpleNamespace(family=family)
+        assert [d.schedule(info, CONFIG) for d in defenses] == [expected] * 3
+    # A composition of two of them follows the one schedule; different ones are refused.
+    info = SimpleNamespace(family="mnist")
+    assert advarena.defense("deep-defense+parseval", parseval={"finetune": True}).schedule(
+        info, CONFIG) == [(4, 5e-4), (1, 2.5e-4)]
+    from advarena.errors import ParameterError
+
+    with pytest.raises(ParameterError, match="schedules"):
+        advarena.defense("deep-defense+parseval",
+                         parseval={"finetune": True, "epochs": 2}).schedule(info, CONFIG)
+
+    # Parseval with finetune trains the reference's weights by the schedule, not from scratch.
+    ref = tiny_fit(splits, "none").model
+    calls, starts = [], []
+    real = TrainingSession.train
+
+    def recording(self, **kw):
+        calls.append((kw.get("epochs"), kw.get("lr")))
+        starts.append(all(torch.equal(a, b) for a, b in zip(self.model.state_dict().values(),
+                                                            ref.state_dict().values())))
+        return real(self, **kw)
+
+    TrainingSession.train = recording
+    try:
+        tiny_fit(splits, "parseval", {"finetune": True, "epochs": 2, "cut_epochs": 1},
+                 reference=ref)
+        assert calls == [(1, 5e-4), (1, 2.5e-4)] and starts[0]  # from the reference
+        calls.clear(), starts.clear()
+        tiny_fit(splits, "parseval")
+        assert calls == [(None, None)] and not starts[0]  # from scratch, the suite's settings
+    finally:
+        TrainingSession.train = real

@@ -149,25 +149,33 @@ def test_gda_brelu_costs_like_gda():
     assert (cost["forward_per_example"], cost["backward_per_example"]) == pytest.approx((1, 1))
 
 
-def test_fgsm_crafting_counts_three_forward_two_backward():
-    # crafting: 1 forward + 1 sweep; training: forwards on x and x_adv, one sweep for both
+def test_fgsm_crafting_counts_three_forward_three_backward():
+    # crafting: 1 forward + 1 backward; training: forwards on x and x_adv and one sweep back
+    # through both branches (2 backward example-passes; 000's unit: 1 sweep)
     _, cost = fit(FGSMHalf())
     assert cost["forward_per_example"] == pytest.approx(3.0)
-    assert cost["backward_per_example"] == pytest.approx(2.0)
-    assert cost["passes_per_example"] == pytest.approx(5.0)
+    assert cost["backward_per_example"] == pytest.approx(3.0)
+    assert cost["backward_sweeps_per_example"] == pytest.approx(2.0)
+    assert cost["passes_per_example"] == pytest.approx(6.0)
+    assert "example-passes" in cost["pass_unit"] and "sweeps" in cost["sweep_unit"]
 
 
 @pytest.mark.parametrize("steps", [1, 3])
 def test_pgd_training_counts_steps_plus_one_of_each(steps):
+    # 000 Table I: PGD-I is (I + 1) F + (I + 1) B, in both units
     _, cost = fit(PGDOnly(steps=steps))
     assert cost["forward_per_example"] == pytest.approx(steps + 1)
     assert cost["backward_per_example"] == pytest.approx(steps + 1)
+    assert cost["backward_sweeps_per_example"] == pytest.approx(steps + 1)
 
 
-def test_second_forward_without_second_backward():
+def test_second_forward_without_second_backward_sweep():
+    # 000 Table I: virtual-alpha's KL is 2 F + 1 B in sweeps; the one sweep flows back through
+    # both forwards, 2 backward example-passes of work
     _, cost = fit(KLSmooth())
     assert cost["forward_per_example"] == pytest.approx(2.0)
-    assert cost["backward_per_example"] == pytest.approx(1.0)
+    assert cost["backward_sweeps_per_example"] == pytest.approx(1.0)
+    assert cost["backward_per_example"] == pytest.approx(2.0)
 
 
 def test_composition_of_regularizer_and_augmentation():
@@ -176,7 +184,8 @@ def test_composition_of_regularizer_and_augmentation():
     comp = Composite([registry_defense("gda", n=1), KLSmooth()])
     _, cost = fit(comp)
     assert cost["data_copies"] == pytest.approx(2)
-    assert (cost["forward_per_example"], cost["backward_per_example"]) == pytest.approx((2, 1))
+    assert (cost["forward_per_example"], cost["backward_per_example"],
+            cost["backward_sweeps_per_example"]) == pytest.approx((2, 2, 1))
 
 
 def test_validation_forwards_are_not_counted():
@@ -194,14 +203,65 @@ def test_pass_counter_counts_examples_and_sweeps():
     assert (counter.forward_examples, counter.sweeps) == (0, 0)
     counter.active = True
     a, b = net(x), net(x[:3])
-    (a.sum() + b.sum()).backward()  # two branches, one sweep
-    assert (counter.forward_examples, counter.sweeps) == (8, 1)
+    (a.sum() + b.sum()).backward()  # two branches, one sweep: 5 + 3 rows of backward work
+    assert (counter.forward_examples, counter.backward_examples, counter.sweeps) == (8, 8, 1)
     xg = x.clone().requires_grad_(True)
     torch.autograd.grad(net(xg).sum(), xg)  # autograd.grad is a sweep too
-    assert (counter.forward_examples, counter.sweeps) == (13, 2)
+    assert (counter.forward_examples, counter.backward_examples, counter.sweeps) == (13, 13, 2)
     counter.remove()
     net(x).sum().backward()
-    assert (counter.forward_examples, counter.sweeps) == (13, 2)
+    assert (counter.forward_examples, counter.backward_examples, counter.sweeps) == (13, 13, 2)
+
+
+def counted(fn) -> tuple[int, int, int]:
+    net = tiny_net()
+    counter = PassCounter(net)
+    counter.active = True
+    fn(net)
+    counter.remove()
+    return counter.forward_examples, counter.backward_examples, counter.sweeps
+
+
+def test_batched_gradients_count_like_the_loop_they_replace():
+    """One ``autograd.grad(..., is_grads_batched=True)`` with M cotangents is M backward passes
+    of work: it counts as the same M gradients taken one by one."""
+    x = torch.rand(5, 1, 4, 4)
+    cot = torch.eye(3).unsqueeze(1).expand(3, 5, 3)  # one cotangent per class
+
+    def batched(net):
+        xg = x.clone().requires_grad_(True)
+        torch.autograd.grad(net(xg), xg, cot, is_grads_batched=True)
+
+    def looped(net):
+        xg = x.clone().requires_grad_(True)
+        out = net(xg)
+        for c in cot:
+            torch.autograd.grad(out, xg, c, retain_graph=True)
+
+    assert counted(batched) == counted(looped) == (5, 15, 3)
+
+
+def test_deepfool_crafting_counts_like_its_looped_fallback(monkeypatch):
+    """The DeepFool plugin takes its per-class gradients in one batched call; its fallback (for
+    layers without a batching rule) loops. Both do the same work and count the same."""
+    from advarena_attacks import deepfool
+
+    x, y = tiny_data(12, 3).x, tiny_data(12, 3).y
+    attack = default_registry().create("attacks", "deepfool", max_iter=3)
+
+    def craft(net):
+        attack(Classifier(net, (0.0, 1.0)), x, y)
+
+    batched = counted(craft)
+
+    def looped_input_grads(outputs, x, cotangents):
+        return torch.stack([torch.autograd.grad(outputs, x, c, retain_graph=True)[0]
+                            for c in cotangents])
+
+    monkeypatch.setattr(deepfool, "input_grads", looped_input_grads)
+    looped = counted(craft)
+    assert batched == looped
+    assert batched[1] > batched[0]  # several class gradients per forward
 
 
 # -- records ---------------------------------------------------------------------------------
@@ -291,3 +351,69 @@ def test_run_attack_output_respects_the_threat_model():
 def test_train_config_validates(kw):
     with pytest.raises(ValueError):
         TrainConfig(**kw)
+
+
+# -- the training-cost protocol's overhead statistic ---------------------------------------------
+
+@pytest.mark.parametrize("n", [1, 3, 5, 6, 9, 20])
+def test_median_interval_is_the_binomial_order_statistic_interval(n):
+    from scipy.stats import binom
+
+    from advarena.protocols.training_cost import median_interval
+
+    values = [float(v) for v in torch.randperm(n, generator=torch.Generator().manual_seed(n))]
+    low, high, coverage = median_interval(values)
+    ranked = sorted(values)
+    # the widest j (from the outside) with coverage >= 95%, else the full range
+    best = 1
+    for j in range(1, (n + 1) // 2 + 1):
+        if 1 - 2 * binom.cdf(j - 1, n, 0.5) >= 0.95:
+            best = j
+    assert (low, high) == (ranked[best - 1], ranked[n - best])
+    assert coverage == pytest.approx(1 - 2 * binom.cdf(best - 1, n, 0.5))
+    assert low <= statistics_median(values) <= high
+
+
+def statistics_median(values):
+    import statistics
+
+    return statistics.median(values)
+
+
+def test_overhead_is_the_median_of_interleaved_per_repeat_ratios(monkeypatch):
+    """Each repeat times both roles back to back, in alternating order; a slow moment of the
+    machine (planted: one repeat's reference 50x slower) spoils one ratio, not the result."""
+    import types
+
+    from advarena.protocols import training_cost
+    from advarena.protocols.training_cost import TrainingCost
+
+    order: list[str] = []
+    clock = {"t": 0.0}
+    cost = {"reference": 1.0, "model": 3.0}
+
+    class Timed(Defense):
+        name = "test-timed"
+
+        def __init__(self, role):  # noqa: D107
+            self.role = role
+
+        def fit(self, session):
+            order.append(self.role)
+            slow = 50.0 if (self.role == "reference" and len(order) == 6) else 1.0
+            clock["t"] += cost[self.role] * slow
+
+    monkeypatch.setattr(training_cost.time, "perf_counter", lambda: clock["t"])
+    data = tiny_data(8, 0)
+    ctx = types.SimpleNamespace(
+        train_records={"model": {"spec": {"train": {"epochs": 1}}}},
+        splits=types.SimpleNamespace(train=data), info=INFO, device=torch.device("cpu"), seed=0,
+        reference=None, progress=lambda *a: None,
+        fresh_model=lambda role: types.SimpleNamespace(net=tiny_net(), transform=None),
+        defense_of=lambda role: Timed(role))
+    m = TrainingCost(timing_repeats=5, timing_examples=8)._same_cell_overhead(ctx)
+    assert sorted(order[:2]) == ["model", "reference"]  # the warm-up, then alternating
+    assert order[2:6] == ["reference", "model", "model", "reference"]
+    assert m.extra["ratios"][1] == pytest.approx(3 / 50)  # the spoiled repeat
+    assert m.value == pytest.approx(3.0)
+    assert m.ci_low <= 3.0 <= m.ci_high and m.extra["statistic"].startswith("median")

@@ -12,8 +12,15 @@ from ..errors import ParameterError
 from ..evaluation import EvalContext, accuracy_measurement
 from ..params import param
 
-# Ensemble members are seeded apart from defended models and substitutes.
+# Ensemble members are seeded apart from defended models (the run seeds) and substitutes (run
+# seed + 1000): member k of run seed s has seed 2000 + s * members + k, so the members of two
+# run seeds never coincide (independent replicates).
 MEMBER_SEED_OFFSET = 2000
+
+
+def member_seed(seed: int, members: int, k: int) -> int:
+    """Seed of member ``k`` (0-based) of the pool of ``members`` for run seed ``seed``."""
+    return MEMBER_SEED_OFFSET + seed * members + k
 
 
 class EnsembleTransfer(Protocol):
@@ -27,7 +34,10 @@ class EnsembleTransfer(Protocol):
     (Table II); Table III repeats this across architectures.
 
     The members (and the extracted sets) do not depend on the defense: they are trained and
-    crafted once and shared. Listing ``architectures`` other than the defended model's own
+    crafted once and shared. Each run seed has its own pool of ``members`` seeds
+    (:func:`member_seed`), disjoint from every other run seed's, so seeds are independent
+    replicates; of the pool only the ``max(sizes)`` members the ensembles use are trained (000
+    trains six models and uses at most five). Listing ``architectures`` other than the defended model's own
     gives the cross-architecture rows of Table III.
 
     Records per (architecture, size, eps): ``adv_accuracy`` ("Adv."), ``true_accuracy``
@@ -38,7 +48,8 @@ class EnsembleTransfer(Protocol):
     name = "ensemble-transfer"
     paper = "000 sec. V-C, Tables II-III"
 
-    members: int = param(6, ge=1, help="independently seeded undefended models")
+    members: int = param(6, ge=1, help="pool of independently seeded undefended models "
+                                       "(000: six; the largest ensemble's are trained)")
     sizes: tuple[int, ...] = param((1, 3, 5), ge=1, help="ensemble sizes")
     eps: tuple[float, ...] = param((4 / 255, 8 / 255, 16 / 255), ge=0, help="attack budgets")
     architectures: tuple[str, ...] = param((), help="member architectures (empty: the model's)")
@@ -56,10 +67,11 @@ class EnsembleTransfer(Protocol):
         return list(self.architectures) or [setting_arch]
 
     def shared_models(self, setting: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        base = setting["seed"] + MEMBER_SEED_OFFSET
+        seed = setting["seed"]
         return {f"member-{arch}-{k}": {"defense": "none", "architecture": arch,
-                                       "seed": base + k}
-                for arch in self._archs(setting["architecture"]) for k in range(self.members)}
+                                       "seed": member_seed(seed, self.members, k)}
+                for arch in self._archs(setting["architecture"])
+                for k in range(max(self.sizes))}
 
     def _member_archs(self, ctx: EvalContext) -> list[str]:
         return sorted({role.split("-", 1)[1].rsplit("-", 1)[0] for role in ctx.shared

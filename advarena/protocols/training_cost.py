@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 import time
 
@@ -12,7 +13,25 @@ from ..api import Measurement, Protocol
 from ..api.data import TensorData
 from ..evaluation import EvalContext
 from ..params import param
-from ..trainer import TrainConfig, TrainingSession
+from ..trainer import PASS_UNIT, SWEEP_UNIT, TrainConfig, TrainingSession
+
+
+def median_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """``(low, high, coverage)``: the distribution-free interval ``[v_(j), v_(n+1-j)]`` of order
+    statistics for the median of ``values`` (the coverage of ``[v_(j), v_(n+1-j)]`` is
+    ``1 - 2 P(Binomial(n, 1/2) < j)``), with the largest ``j`` whose coverage is at least
+    ``level``; with too few values for ``level`` (fewer than 6 for 95%), the range
+    ``[min, max]`` and its lower coverage."""
+    v = sorted(values)
+    n = len(v)
+
+    def coverage(j: int) -> float:
+        return 1.0 - 2.0 * sum(math.comb(n, i) for i in range(j)) / 2.0 ** n
+
+    j = 1
+    while j + 1 <= (n + 1) // 2 and coverage(j + 1) >= level:
+        j += 1
+    return v[j - 1], v[n - j], coverage(j)
 
 
 class TrainingCost(Protocol):
@@ -26,9 +45,18 @@ class TrainingCost(Protocol):
     The overhead is measured inside this cell, so it is always "the same run, the same device",
     even when the trained models were reused from the store: the reference's and the defense's
     full ``fit`` (every stage) run for one epoch on the same ``timing_examples`` training
-    examples, interleaved ``timing_repeats`` times; ``overhead`` is the ratio of the median
-    times (its interval spans the per-repeat ratios). ``total_overhead`` compares the stored
-    train cells' total training time and says in ``extra`` whether they ran on one device.
+    examples, interleaved ``timing_repeats`` times in alternating order (reference first in
+    even repeats, the defense first in odd ones, so a drift of the machine's speed falls on
+    both alike), after one untimed warm-up of each. ``overhead`` is the median of the
+    per-repeat ratios (defense / reference of the same repeat: a slow moment spoils one ratio,
+    not the statistic), with the distribution-free order-statistic interval for a median
+    (:func:`median_interval`; its coverage, at least 95% from 9 repeats, is in ``extra``).
+    ``total_overhead`` compares the stored train cells' total training time and says in
+    ``extra`` whether they ran on one device.
+
+    Pass counts are stored in two units (``extra["unit"]``): ``forward_per_example`` and
+    ``backward_per_example`` in example-passes through the network, and
+    ``backward_sweeps_per_example`` in 000 Table I's sweeps (see :mod:`advarena.trainer`).
 
     Thresholds are fractions of the reachable accuracy, taken as the reference model's best
     validation accuracy (000 uses 50/60/70% on a 100-class problem); a threshold never reached
@@ -41,15 +69,21 @@ class TrainingCost(Protocol):
     thresholds: tuple[float, ...] = param((0.5, 0.6, 0.7), gt=0, le=1,
                                           help="fractions of the reference's best val. accuracy")
     timing_examples: int = param(512, ge=1, help="training examples timed per repeat")
-    timing_repeats: int = param(3, ge=1, help="interleaved timing repeats")
+    timing_repeats: int = param(5, ge=1, help="interleaved timing repeats")
 
     def evaluate(self, ctx: EvalContext) -> list[Measurement]:
         cost = ctx.train_records["model"]["result"]["cost"]
         ref_record = ctx.train_records["reference"]["result"]
         n_epochs = cost["epochs"]
         out = [Measurement(m, cost[m], n_epochs) for m in (
-            "median_epoch_seconds", "total_seconds", "forward_per_example",
-            "backward_per_example", "data_copies", "passes_per_example")]
+            "median_epoch_seconds", "total_seconds", "data_copies")]
+        pass_unit = cost.get("pass_unit", PASS_UNIT)
+        for m in ("forward_per_example", "backward_per_example", "passes_per_example"):
+            out.append(Measurement(m, cost[m], n_epochs, extra={"unit": pass_unit}))
+        if "backward_sweeps_per_example" in cost:  # records trained before the unit existed
+            out.append(Measurement("backward_sweeps_per_example",
+                                   cost["backward_sweeps_per_example"], n_epochs,
+                                   extra={"unit": cost.get("sweep_unit", SWEEP_UNIT)}))
         curve = cost["val_accuracy_curve"]
         out.append(Measurement("final_val_accuracy", cost["final_val_accuracy"], n_epochs,
                                extra={"curve": curve}))
@@ -78,9 +112,11 @@ class TrainingCost(Protocol):
         subset = train.subset(idx)
         empty = TensorData(subset.x[:0], subset.y[:0])
         times: dict[str, list[float]] = {"reference": [], "model": []}
-        # Repeat -1 is a warm-up (allocator, kernel selection, lazy imports), not timed.
+        # Repeat -1 is a warm-up (allocator, kernel selection, lazy imports), not timed; the
+        # order alternates so that a drift in the machine's speed does not favour one role.
         for repeat in range(-1, self.timing_repeats):
-            for role in ("reference", "model"):
+            order = ("reference", "model") if repeat % 2 == 0 else ("model", "reference")
+            for role in order:
                 model = ctx.fresh_model(role)
                 defense = ctx.defense_of(role)
                 session = TrainingSession(
@@ -97,8 +133,9 @@ class TrainingCost(Protocol):
                     times[role].append(time.perf_counter() - start)
             ctx.progress("timing", repeat + 1, self.timing_repeats)
         ratios = [m / r for m, r in zip(times["model"], times["reference"])]
-        return Measurement("overhead", statistics.median(times["model"])
-                           / statistics.median(times["reference"]), self.timing_repeats,
-                           min(ratios), max(ratios),
-                           extra={"seconds": times, "examples": len(subset),
-                                  "device": str(ctx.device)})
+        low, high, covered = median_interval(ratios)
+        return Measurement("overhead", statistics.median(ratios), self.timing_repeats, low, high,
+                           extra={"seconds": times, "ratios": ratios, "examples": len(subset),
+                                  "statistic": "median of per-repeat ratios",
+                                  "interval": "order statistics of the median",
+                                  "coverage": covered, "device": str(ctx.device)})

@@ -113,6 +113,11 @@ class AEC(Defense):
        clean -> clean with the loss ``mean ||s(x') - x||_2`` (003's norm; IAEC adds a
        cross-entropy term); the trainer validates the stacked classifier after each epoch.
 
+    Composition: a composed defense's hooks (augmentation, loss, regularisers, after-step)
+    train the classifier in stage 1 (``gda+aec``: the classifier on the N + 1 copies); the
+    autoencoder stage has its own loss and data and none of them (they are defenses of the
+    classifier). A second ``fit`` owner (``rad+aec``) is refused at construction.
+
     The trained autoencoder is the classifier's input transform (``session.transform``); it is
     differentiable, so white-box attacks go through the whole stack honestly (003 sec. 4.5 and
     Gu & Rigazio note the stack then needs *smaller* perturbations to fool).

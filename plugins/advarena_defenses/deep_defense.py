@@ -6,10 +6,10 @@ import dataclasses
 
 import torch
 
-from advarena.api import Defense
 from advarena.params import param
 
 from ._adv import crafting, flat_l2
+from ._stages import FineTuning
 
 
 # Cap of r in the misclassified term exp(d r): a DeepFool step as large as the image itself is a
@@ -93,7 +93,7 @@ def differentiable_deepfool(model, x: torch.Tensor, y: torch.Tensor, *, steps: i
     return DeepFoolResult(delta=(1 + overshoot) * r_tot, correct=correct, reached=reached)
 
 
-class DeepDefense(Defense):
+class DeepDefense(FineTuning):
     """Deep Defense: ``J + lambda * sum_T exp(-c r) + lambda * sum_F exp(d r)`` with
     ``r = ||Delta||_2 / ||x||_2`` and ``Delta`` a differentiable DeepFool perturbation.
 
@@ -106,7 +106,12 @@ class DeepDefense(Defense):
 
     Kind: regulariser (the ``regularizer`` hook; composes with ``fgsm-at``'s loss), and
     ``needs_reference = True``: the trainer starts from the trained ``none`` model of the same
-    dataset, architecture and seed, which this defense fine-tunes.
+    dataset, architecture and seed, which this defense fine-tunes by 002's schedule, the one
+    ``deepfool-at`` and ``parseval`` (with ``finetune``) follow too ("identical fine-tuning
+    policies and hyper-parameters for different defense methods", sec. 4; supplement Table 3):
+    ``epochs`` (5 MNIST-like, 50 CIFAR-like) at ``lr`` = 5e-4, the last ``cut_epochs`` (1, 10)
+    at half of it, with the suite's optimizer and batch size (002: SGD, momentum 0.9, weight
+    decay 5e-4, batches of 100).
 
     ``Delta`` comes from :func:`differentiable_deepfool`: ``steps`` DeepFool iterations with every
     gradient taken with ``create_graph=True``, so the regulariser's gradient reaches the weights
@@ -123,10 +128,17 @@ class DeepDefense(Defense):
     classified examples are not capped (``exp(-c r)`` cannot overflow). With a trained reference,
     as the method requires, the cap is not reached in practice (002 reports rho_2 of 0.1-0.3).
 
-    Cost (measured): 1 + steps forward and 1 + K * steps backward passes per example (K classes):
-    the cross-entropy forward, then per DeepFool iteration one forward and K gradient sweeps, and
-    the one training sweep through everything: 6 + 51 for 10 classes and 5 iterations. 002's
-    reverse network computes the K gradients in one K-wide reverse pass, the same work.
+    Precision: under ``--amp`` the differentiable DeepFool and the penalty run in float32
+    (``ctx.attack_precision``, as every training-time attack); its linearisation divides by
+    gradient differences that half precision rounds badly.
+
+    Cost (measured, example-passes): 1 + steps forward and K * steps + 1 + steps backward per
+    example (K classes): the cross-entropy forward, then per DeepFool iteration one forward and
+    K gradient sweeps, and the one training sweep back through the cross-entropy's forward and
+    every iteration's (1 + K * steps sweeps): 6 + 56 for 10 classes and 5 iterations. 002's
+    reverse network computes the K gradients in one K-wide reverse pass, the same work. The
+    second-order work of the training sweep (back through the inner gradients) shows in the
+    time, not in the counts.
 
     Parameters:
         lam (float, 15.0): lambda (002: 15 for MNIST/CIFAR-10, 5 for ImageNet).
@@ -135,6 +147,7 @@ class DeepDefense(Defense):
         d (float, 5.0): scale for misclassified examples.
         steps (int, 5): DeepFool iterations kept in the graph (authors' code: 5).
         overshoot (float, 0.02): DeepFool overshoot.
+        epochs, cut_epochs, lr: the fine-tuning schedule (None: 002's, see above).
 
     Example::
 
@@ -169,4 +182,5 @@ class DeepDefense(Defense):
         return self.lam * terms.mean()
 
     def regularizer(self, model, x, y, logits, ctx):
-        return self.penalty(self.perturbation(model, x, y), x)
+        with ctx.attack_precision():  # the inner DeepFool in float32 under --amp
+            return self.penalty(self.perturbation(model, x, y), x)

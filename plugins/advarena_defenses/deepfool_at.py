@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from advarena.api import Defense, TensorData
+from advarena.api import TensorData
 from advarena.params import param
 
-from ._stages import WithExtra, craft, finetune, make_attack, subsample
-
-# 002 supplement Table 3 and sec. 4: MNIST fine-tunes 5 epochs ("we cut the learning rate by
-# 2x after four epochs"), CIFAR-10 50 epochs ("we cut the learning rate by 2x for the last 10
-# epochs"). The toy sets follow MNIST.
-EPOCHS_BY_FAMILY = {"mnist": 5, "cifar": 50, "toy": 5}
-CUT_BY_FAMILY = {"mnist": 1, "cifar": 10, "toy": 1}
+from ._stages import FineTuning, WithExtra, craft, make_attack, subsample, train_stages
 
 
-class DeepFoolAT(Defense):
+class DeepFoolAT(FineTuning):
     """DeepFool adversarial training: fine-tune the reference model on its training set plus a
     fixed set of DeepFool examples crafted once from the reference model.
 
@@ -34,24 +28,25 @@ class DeepFoolAT(Defense):
        model, once; examples DeepFool cannot fool (or that are already misclassified) come back
        unchanged and are kept (they are clean duplicates);
     3. fine-tune on the clean training set plus the adversarial set, true labels, with the
-       (composed) defense's loss: ``epochs`` epochs at ``lr_factor`` times the suite's learning
-       rate, the last ``cut_epochs`` of them at half that (002's schedule), each part one
-       trainer stage.
+       (composed) defense's loss, by 002's schedule shared with ``deep-defense`` and
+       ``parseval`` (:class:`FineTuning`: ``epochs`` epochs at ``lr`` = 5e-4, the last
+       ``cut_epochs`` of them at half that, each part one trainer stage; the suite's
+       optimizer and batch size).
 
-    Choices where the papers leave room: the learning rate is relative to the suite's (002
-    gives SGD 5e-4; DeepFool's paper "a 50% decreased learning rate"), so ``lr_factor = 0.5``;
-    every training example is attacked unless ``max_examples`` caps it.
+    Choices where the papers leave room: every training example is attacked unless
+    ``max_examples`` caps it. (DeepFool's paper fine-tunes at "a 50% decreased learning rate";
+    002 runs every defense at the same 5e-4, which is followed.)
 
     Cost: one DeepFool run over the training set (up to 50 iterations x (1 forward + 9
-    backward) per example for 10 classes, measured as one-off work ``crafting`` in the
-    cost record), then ``epochs`` epochs over 2 copies of the data (data_copies 2) at
+    backward example-passes) per example for 10 classes: its 9 class-difference gradients are
+    taken in one batched call, each counted as the backward pass it is, measured as one-off work ``crafting`` in the cost record), then ``epochs`` epochs over 2 copies of the data (data_copies 2) at
     1 forward + 1 backward pass each, on top of the reference model's own training.
 
     Parameters:
         epochs (int | None, None): fine-tuning epochs; None: 5 MNIST-like, 50 CIFAR-like (002).
         cut_epochs (int | None, None): final epochs at half the learning rate; None: 1
             MNIST-like, 10 CIFAR-like (002); 0 disables the cut.
-        lr_factor (float, 0.5): fine-tuning learning rate relative to the suite's.
+        lr (float | None, None): fine-tuning learning rate (None: 002's 5e-4).
         max_iter (int, 50): DeepFool iterations (002: 50).
         overshoot (float, 0.02): DeepFool overshoot (002).
         max_examples (int, 0): attack at most this many training examples (0: all).
@@ -66,11 +61,6 @@ class DeepFoolAT(Defense):
     kind = "adversarial training"
     needs_reference = True
 
-    epochs: int | None = param(None, ge=1, help="fine-tuning epochs (None: 5 MNIST-like, "
-                                                 "50 CIFAR-like)")
-    cut_epochs: int | None = param(None, ge=0, help="last epochs at half the learning rate "
-                                                    "(None: 1 MNIST-like, 10 CIFAR-like)")
-    lr_factor: float = param(0.5, gt=0, help="fine-tuning lr relative to the suite's lr")
     max_iter: int = param(50, ge=1, help="DeepFool iteration limit")
     overshoot: float = param(0.02, ge=0, help="DeepFool overshoot")
     max_examples: int = param(0, ge=0, help="attack at most this many training examples "
@@ -85,7 +75,6 @@ class DeepFoolAT(Defense):
         return ("deepfool",)
 
     def fit(self, session) -> None:
-        family = session.info.family
         source = session.reference if session.reference is not None else session.model
         attack = make_attack("deepfool", (), self, max_iter=self.max_iter,
                              overshoot=self.overshoot)
@@ -99,7 +88,6 @@ class DeepFoolAT(Defense):
         session.notes["deepfool_at"] = {"examples": len(clean),
                                         "perturbed": int((moved > 0).sum()),
                                         "mean_l2": float(moved.mean()) if len(moved) else 0.0}
-        epochs = self.epochs if self.epochs is not None else EPOCHS_BY_FAMILY[family]
-        cut = self.cut_epochs if self.cut_epochs is not None else CUT_BY_FAMILY[family]
-        finetune(session, epochs=epochs, lr=session.config.lr * self.lr_factor, cut_epochs=cut,
-                 defense=WithExtra(session.defense, adversarial))
+        # The composition's schedule: this defense's, or the same one asked for by another part.
+        train_stages(session, session.defense.schedule(session.info, session.config),
+                     defense=WithExtra(session.defense, adversarial))

@@ -6,11 +6,12 @@ import copy
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from advarena.api import Defense
 from advarena.params import param
 
-from ._stages import CRAFT_BATCH, IndexedStage, indexed, reset_parameters
+from ._stages import CRAFT_BATCH, reset_parameters
 
 
 def soft_labels(teacher: torch.nn.Module, x: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -25,30 +26,65 @@ def soft_labels(teacher: torch.nn.Module, x: torch.Tensor, temperature: float) -
         teacher.train(was)
 
 
-class TeacherStage(IndexedStage):
-    """Cross-entropy of ``softmax(logits / T)`` against the hard labels."""
+class Tempered(nn.Module):
+    """``net(x) / T``: the network as a distillation stage trains it (softmax at temperature
+    T). The weights are ``net``'s; the deployed classifier is ``net`` itself (T = 1)."""
 
-    def __init__(self, temperature: float) -> None:
+    def __init__(self, net: nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.net = net
         self.temperature = float(temperature)
 
-    def loss(self, model, x, y, ctx):
-        return F.cross_entropy(model(x) / self.temperature, y)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) / self.temperature
 
 
-class StudentStage(IndexedStage):
-    """Cross-entropy of ``softmax(logits / T)`` against the teacher's soft labels; the data is
-    ``TensorData(inputs, row)`` and row ``i``'s target is ``soft[i]``."""
+class DistillationStage(Defense):
+    """One training stage of distillation: every hook is the composed defense's (``parent``:
+    its augmentation, loss, regularisers and after-step hook), trained on :class:`Tempered`
+    logits. The teacher stage (``teacher`` None) keeps the parent's targets (hard labels, or
+    ``label-smoothing``'s); the student stage's targets are the teacher's soft labels of the
+    stage's own training inputs, computed once after the parent's augmentation (so
+    ``gda+distillation``'s noisy copies are labelled by the teacher too) and looked up by
+    ``ctx.rows``."""
 
-    def __init__(self, soft: torch.Tensor, temperature: float) -> None:
-        self.soft = soft
+    def __init__(self, parent: Defense, session, temperature: float,
+                 teacher: nn.Module | None = None) -> None:  # noqa: D107 - no user parameters
+        self.parent = parent
+        self.session = session
         self.temperature = float(temperature)
+        self.teacher = teacher
+        self.soft: torch.Tensor | None = None
 
-    def batch_targets(self, rows: torch.Tensor) -> torch.Tensor:
-        return self.soft[rows]
+    def __repr__(self) -> str:
+        return f"DistillationStage({'student' if self.teacher is not None else 'teacher'})"
+
+    def augment(self, data, info, generator):
+        data = self.parent.augment(data, info, generator)
+        if self.teacher is not None:
+            with self.session.measure("soft_labels", model=self.teacher):
+                self.soft = soft_labels(self.teacher, data.x, self.temperature)
+        return data
+
+    def targets(self, labels, num_classes):
+        return self.parent.targets(labels, num_classes)
+
+    def batch_targets(self, labels, ctx):
+        if self.teacher is None:
+            return self.parent.batch_targets(labels, ctx)
+        if ctx.rows is None or len(ctx.rows) != len(labels):
+            raise RuntimeError("distillation's student targets need the batch's rows "
+                               "(a loss scored other examples than the batch's)")
+        return self.soft[ctx.rows]
 
     def loss(self, model, x, y, ctx):
-        logp = F.log_softmax(model(x) / self.temperature, dim=1)
-        return -(self.batch_targets(y) * logp).sum(1).mean()
+        return self.parent.loss(model, x, y, ctx)
+
+    def regularizer(self, model, x, y, logits, ctx):
+        return self.parent.regularizer(model, x, y, logits, ctx)
+
+    def after_step(self, model, ctx):
+        return self.parent.after_step(model, ctx)
 
 
 class Distillation(Defense):
@@ -65,16 +101,35 @@ class Distillation(Defense):
     in its repeated-attack and distortion tables. ``temperature=1`` is 003's other variant.
 
     Procedure (two trainer stages): the teacher (a copy of the network, re-initialised) is
-    trained with cross-entropy on ``softmax(z / T)`` and hard labels; its soft labels of the
-    training set are computed once (eval mode); the student (the session's network, with the
-    initial weights ``none`` would get) is trained with the cross-entropy between those soft
-    labels and ``softmax(z / T)``. No ``T^2`` rescaling of the loss (Papernot et al. do not use
-    one; with Adam it would not matter). The deployed classifier returns the student's logits,
-    i.e. T = 1.
+    trained with the cross-entropy of ``softmax(z / T)`` against the hard labels; its soft
+    labels of the training set are computed once (eval mode); the student (the session's
+    network, with the initial weights ``none`` would get) is trained with the cross-entropy
+    between those soft labels and ``softmax(z / T)``. No ``T^2`` rescaling of the loss
+    (Papernot et al. do not use one; with Adam it would not matter). The deployed classifier
+    returns the student's logits, i.e. T = 1.
 
-    Cost: two full trainings (teacher, student), each ``epochs`` epochs at 1 forward + 1 backward
-    pass per example, plus one teacher forward pass over the training set for the soft labels
-    (measured by ``session.measure`` as one-off work): about 2x ``none``.
+    Composition (``distillation`` owns ``fit`` only): both stages train through the composed
+    defense's hooks (:class:`DistillationStage`) on the temperature-T logits, so a composition
+    trains what its name says:
+
+    * ``gda+distillation``: teacher and student both train on the N + 1 copies; the teacher
+      labels the student's copies (noisy ones included);
+    * ``vat+distillation``, ``deep-defense+distillation``: the regulariser in both stages, on
+      the logits at T (the network each stage trains);
+    * ``fgsm-at+distillation`` (any loss owner): its loss in both stages, on the logits at T;
+      the student's cross-entropies (clean and adversarial) are against the soft labels of the
+      batch's clean inputs, as hard-label adversarial training uses the clean label;
+    * ``distillation+parseval``: the retraction after every step of both stages;
+    * ``label-smoothing+distillation``: the *teacher* trains on the smoothed labels (the
+      student's targets are the teacher's soft labels, which already are soft).
+
+    Defenses with their own multi-stage ``fit`` (``rad``, ``aec``, ``feature-squeezing``, ...)
+    are refused at construction (two ``fit`` owners).
+
+    Cost: two full trainings (teacher, student), each ``epochs`` epochs at the composed
+    defense's passes (1 forward + 1 backward alone), plus one teacher forward pass over the
+    student's training set for the soft labels (measured by ``session.measure`` as one-off
+    work): about 2x ``none``.
 
     Parameters:
         temperature (float, 100.0): the distillation temperature T (003: 1 or 100).
@@ -84,6 +139,7 @@ class Distillation(Defense):
     Example::
 
         advarena run --defense distillation
+        advarena run --defense gda+distillation
     """
 
     name = "distillation"
@@ -97,9 +153,8 @@ class Distillation(Defense):
     def fit(self, session) -> None:
         teacher = copy.deepcopy(session.model)
         reset_parameters(teacher)
-        session.train(epochs=self.teacher_epochs, model=teacher,
-                      defense=TeacherStage(self.temperature))
-        with session.measure("soft_labels", model=teacher):
-            soft = soft_labels(teacher, session.data.x, self.temperature)
-        session.train(epochs=self.student_epochs, data=indexed(session.data.x),
-                      defense=StudentStage(soft, self.temperature))
+        T = self.temperature
+        session.train(epochs=self.teacher_epochs, model=Tempered(teacher, T),
+                      defense=DistillationStage(session.defense, session, T))
+        session.train(epochs=self.student_epochs, model=Tempered(session.model, T),
+                      defense=DistillationStage(session.defense, session, T, teacher=teacher))

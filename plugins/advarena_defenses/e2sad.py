@@ -61,12 +61,17 @@ class E2SAD(Defense):
     ``label-smoothing``; set ``smoothing=1`` for hard labels). Composed regularisers are added on
     the clean logits.
 
+    Precision: both steps run in float32 under ``--amp`` (the FGSM step through
+    ``ctx.run_attack``, the second step in ``ctx.attack_precision``): the second step's
+    gradient is a first-order effect of the 1e-3 offset, below bfloat16's rounding.
+
     Kind: adversarial training (owns the ``loss`` and ``targets`` hooks).
 
-    Cost (measured): 6 forward + 3 backward passes per example: FGSM (1 + 1), the second step
-    (a forward for the target ``f(x_adv)``, one at ``x~_0`` and one sweep), then training
-    forwards on ``x``, ``x_adv`` and ``x~`` and one training sweep. The three sweeps are 004's
-    "only two steps of gradient calculation" to find the adversaries plus the training step.
+    Cost (measured, example-passes): 6 forward + 5 backward per example: FGSM (1 + 1), the
+    second step (a forward for the target ``f(x_adv)``, one at ``x~_0`` and its backward), then
+    training forwards on ``x``, ``x_adv`` and ``x~`` and one training sweep back through the
+    three. Its three sweeps are 004's "only two steps of gradient calculation" to find the
+    adversaries plus the training step.
 
     Parameters:
         alpha (float, 0.6): weight of the clean loss.
@@ -108,7 +113,9 @@ class E2SAD(Defense):
         """``(x_adv, x~)`` for a batch (Algorithm 1, lines 2-3)."""
         _, eps1, eps2 = self.settings(ctx.info)
         x_adv = ctx.run_attack(ctx.attack("fgsm", eps=eps1), model, x, y, eps=eps1)
-        x_tilde, _ = second_point(model, x_adv, eps2, self.xi, ctx.info.bounds, ctx.generator)
+        with ctx.attack_precision():  # float32 under --amp, like the FGSM step
+            x_tilde, _ = second_point(model, x_adv, eps2, self.xi, ctx.info.bounds,
+                                      ctx.generator)
         return x_adv, x_tilde
 
     def training_attacks(self) -> tuple[str, ...]:

@@ -27,10 +27,11 @@ class FGSMAdversarialTraining(Defense):
     defense sets them) plus every composed regulariser on the clean logits, so
     ``deep-defense+fgsm-at`` (002) and ``fgsm-at+vat`` work.
 
-    Cost (measured by the trainer's hooks): 3 forward + 2 backward passes per example: one
-    forward and one gradient sweep to craft ``x_fgsm``, then training forwards on ``x`` and on
-    ``x_fgsm`` and one training sweep. (The crafting forward on ``x`` could be shared with the
-    training forward, 2 + 2; the simple, honest version is kept.)
+    Cost (measured by the trainer's hooks, in example-passes): 3 forward + 3 backward per
+    example: one forward and one backward to craft ``x_fgsm``, then training forwards on ``x``
+    and on ``x_fgsm`` and one training sweep back through both (2 backward example-passes; in
+    000's sweep unit 3 + 2). (The crafting forward on ``x`` could be shared with the training
+    forward; the simple, honest version is kept.)
 
     001 finds FGSM training "ineffective even against white-box attacks" crafted on the
     adversarially trained model; 004 (Table 1) finds it very robust to FGSM at eps 0.3 on MNIST

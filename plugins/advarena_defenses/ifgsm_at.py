@@ -28,9 +28,9 @@ class IFGSMAdversarialTraining(Defense):
     crafting, hard labels); the loss is the weighted sum of the clean and adversarial
     cross-entropies plus every composed regulariser on the clean logits.
 
-    Cost (measured): k + 2 forward and k + 1 backward passes per example (k crafting steps of
-    one forward and one sweep, then training forwards on ``x`` and ``x_ifgsm`` and one training
-    sweep): 32 + 31 with 004's MNIST setting, the "30 steps of gradient computation" that 004
+    Cost (measured, example-passes): k + 2 forward and k + 2 backward per example (k crafting
+    steps of one forward and one backward, then training forwards on ``x`` and ``x_ifgsm`` and
+    one training sweep back through both; k + 1 sweeps): 32 + 32 with 004's MNIST setting, the "30 steps of gradient computation" that 004
     contrasts with e2SAD's two.
 
     Parameters:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from advarena.api import Defense
 from advarena.params import param
 
 from ._adv import family_value
+from ._stages import FineTuning
 
 # 002 sec. 4: "beta = 0.0001 for MNIST, and beta = 0.0003 for CIFAR-10 after doing grid search".
 BETA_BY_FAMILY = {"mnist": 1e-4, "cifar": 3e-4}
@@ -21,11 +21,27 @@ def parseval_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def weight_matrix(layer: nn.Module) -> torch.Tensor:
-    """The layer's weight as a matrix, rows = output units (a view on the parameter): conv
-    kernels are unfolded to ``out x (in * kh * kw)``. Transposed convolutions store
-    ``in x out x ...``; their rows are then the input channels."""
+    """The layer's weight as a matrix, rows = output units: conv kernels are unfolded to
+    ``out x (in * kh * kw)``. Transposed convolutions store ``in x out x ...``; their rows are
+    then the input channels. A view on the parameter when the weight is contiguous, a copy
+    otherwise (a channels-last conv weight, ``--channels-last``): to change the weight use
+    :func:`retract_layer`, which writes the result back."""
     w = layer.weight
-    return w.view(w.shape[0], -1)
+    return w.reshape(w.shape[0], -1)
+
+
+@torch.no_grad()
+def retract_layer(layer: nn.Module, beta: float, fraction: float,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """:func:`parseval_step` on the layer's weight matrix, written back into the weight
+    whatever its memory layout (a channels-last weight cannot be viewed as a matrix, and a
+    retraction of a reshaped copy alone would be lost); returns the rows touched."""
+    w = layer.weight
+    mat = weight_matrix(layer)
+    idx = parseval_step(mat, beta, fraction, generator)
+    if mat.data_ptr() != w.data_ptr():  # a copy: write the retracted rows back
+        w.copy_(mat.view(w.shape))
+    return idx
 
 
 @torch.no_grad()
@@ -49,7 +65,7 @@ def parseval_deviation(layer: nn.Module) -> float:
     return float((w @ w.t() - eye).norm())
 
 
-class ParsevalTraining(Defense):
+class ParsevalTraining(FineTuning):
     """Parseval training: after every optimiser step, retract each weight matrix towards the
     Stiefel manifold with ``W <- (1 + beta) W - beta W W^T W`` on a random 30% of its rows.
 
@@ -72,7 +88,14 @@ class ParsevalTraining(Defense):
     simplex); the zoo's residual networks add branches with fixed unit weights, so there is
     nothing to project and this plugin does not change architectures. Where a layer has more
     rows than columns, ``W W^T`` cannot reach the identity (rank); the retraction still drives
-    every singular value towards 1.
+    every singular value towards 1. Under ``--channels-last`` conv weights are not contiguous;
+    the retraction works on a matrix copy and writes it back (:func:`retract_layer`).
+
+    Training: from scratch at the suite's settings by default (Cisse et al. train Parseval
+    networks from the start); ``finetune=True`` is 002's comparison, which fine-tunes Parseval
+    from the same reference model and by the same schedule as Deep Defense and Adv. Train I
+    (``needs_reference``; ``epochs``, ``cut_epochs``, ``lr`` as for ``deep-defense``: 5 / 50
+    epochs at 5e-4, the last 1 / 10 at half).
 
     Cost: 1 forward + 1 backward pass per example, as ``none``; the retraction is weight-only
     work after the step (not counted as passes; shows in the epoch time).
@@ -80,6 +103,8 @@ class ParsevalTraining(Defense):
     Parameters:
         beta (float | None, None): retraction step (None: 1e-4 MNIST-like, 3e-4 CIFAR-like).
         fraction (float, 0.3): share of rows updated per step (002: 30%).
+        finetune (bool, False): fine-tune from the reference by 002's schedule.
+        epochs, cut_epochs, lr: that schedule (None: 002's; see ``deep-defense``).
 
     Example::
 
@@ -93,6 +118,14 @@ class ParsevalTraining(Defense):
 
     beta: float | None = param(None, gt=0, help="retraction step (None: 1e-4 MNIST, 3e-4 CIFAR)")
     fraction: float = param(0.3, gt=0, le=1, help="share of rows updated after each step")
+    finetune: bool = param(False, help="fine-tune from the reference by 002's schedule")
+
+    @property
+    def needs_reference(self) -> bool:  # type: ignore[override]
+        return self.finetune
+
+    def schedule(self, info, config):
+        return super().schedule(info, config) if self.finetune else None
 
     def beta_for(self, info) -> float:
         return family_value(self.beta, BETA_BY_FAMILY, info)
@@ -100,4 +133,4 @@ class ParsevalTraining(Defense):
     def after_step(self, model, ctx):
         beta = self.beta_for(ctx.info)
         for layer in parseval_layers(model):
-            parseval_step(weight_matrix(layer), beta, self.fraction, ctx.generator)
+            retract_layer(layer, beta, self.fraction, ctx.generator)

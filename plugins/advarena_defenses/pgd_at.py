@@ -32,7 +32,8 @@ class PGDAdversarialTraining(Defense):
     I = 40; CIFAR-like eps 8/255, step 2/255, I = 7 (000 also trains I = 3 to save time). The toy
     family uses the MNIST setting.
 
-    Cost (measured): I + 1 forward and I + 1 backward passes per example (I crafting steps of
+    Cost (measured, example-passes and sweeps alike): I + 1 forward and I + 1 backward per
+    example (I crafting steps of
     one forward and one sweep each, then one training forward and sweep), 000 Table I's
     "PGD (I = 7)" and "PGD (I = 3)" rows.
 

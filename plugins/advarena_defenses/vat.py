@@ -22,11 +22,13 @@ def virtual_adversarial_direction(model, x: torch.Tensor, p_logits: torch.Tensor
     p(x + r)) at r = xi d)``. ``p_logits`` is treated as a constant. One forward and one gradient
     sweep per iteration; the model is in eval mode meanwhile. Where the network has batch norm
     or dropout, the training-mode ``p_logits`` would not match eval-mode forwards at r = 0, so
-    ``p`` is recomputed in eval mode (one more forward)."""
+    ``p`` is recomputed in eval mode (one more forward); so it is where ``p_logits`` has a lower
+    precision than ``x`` (a step under ``--amp``): the finite difference measures
+    ``p(x + xi d) - p`` at the 1e-3 scale, below bfloat16's rounding of ``p``."""
     p = p_logits.detach()
     d = random_unit(x, generator)
     with crafting(model):
-        if mode_dependent(model):
+        if mode_dependent(model) or p.dtype != x.dtype:
             with torch.no_grad():
                 p = model(x)
         for _ in range(iterations):
@@ -69,9 +71,15 @@ class VirtualAdversarialTraining(Defense):
     float32 value closest to the xi -> 0 limit the paper's 1e-6 stands for; ``xi=1e-6`` gives
     the literal setting.
 
-    Cost (measured): I + 2 forward and I + 1 backward passes per example with ``none``'s loss
-    (the shared clean forward, I power-iteration forwards and sweeps, the forward at
-    ``x + r_adv`` and the training sweep): 3 + 2 with I = 1, 5 + 4 with 000's I = 3. Networks
+    Precision: under ``--amp`` the power iteration runs in float32 (``ctx.attack_precision``,
+    as every training-time attack), with ``p`` recomputed in float32 (one more forward): in
+    bfloat16 the finite difference at xi = 1e-3 is below the rounding and the direction is
+    noise. The KL term itself is part of the training loss and follows the step's precision.
+
+    Cost (measured, example-passes): I + 2 forward and I + 2 backward per example with
+    ``none``'s loss (the shared clean forward, I power-iteration forwards and backwards, the
+    forward at ``x + r_adv`` and the training sweep back through it and the clean forward;
+    I + 1 sweeps): 3 + 3 with I = 1, 5 + 5 with 000's I = 3. Networks
     with batch norm or dropout take one more forward (an eval-mode ``p`` for the search).
 
     Parameters:
@@ -101,10 +109,12 @@ class VirtualAdversarialTraining(Defense):
         return family_value(self.eps, EPS_BY_FAMILY, info)
 
     def r_adv(self, model, x, logits, ctx) -> torch.Tensor:
-        """The virtual adversarial perturbation of each example (L2 norm eps)."""
-        d = virtual_adversarial_direction(model, x, logits, xi=self.xi,
-                                          iterations=self.power_iterations,
-                                          generator=ctx.generator)
+        """The virtual adversarial perturbation of each example (L2 norm eps), searched in
+        float32 even in a mixed-precision step (``ctx.attack_precision``)."""
+        with ctx.attack_precision():
+            d = virtual_adversarial_direction(model, x, logits, xi=self.xi,
+                                              iterations=self.power_iterations,
+                                              generator=ctx.generator)
         return self.eps_for(ctx.info) * d
 
     def regularizer(self, model, x, y, logits, ctx):

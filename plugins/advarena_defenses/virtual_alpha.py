@@ -50,9 +50,11 @@ class VirtualAlpha(Defense):
     * ``beta-kl`` (default; the paper's recommended "alpha ~ B(2, 4), KL_lambda=10"): as
       ``fixed-kl`` with ``alpha ~ Beta(p, q)``, p = 2, q in {4, 6, 10}.
 
-    Kind: training data / regulariser. The class owns the ``loss`` hook (``fixed`` replaces the
+    Kind: training data / regulariser. ``fixed`` owns the ``loss`` hook (it replaces the
     training batch), so it composes with regularisers and soft targets, not with another
-    loss-owning defense. The KL term is also its ``regularizer``, evaluated on the clean logits.
+    loss-owning defense. The KL variants are a ``regularizer`` only (evaluated on the clean
+    logits of whatever loss is in force) and do not take over ``loss`` (:meth:`owns`), so
+    ``virtual-alpha+fgsm-at`` is fgsm-at's loss plus the KL term.
 
     Choices (the paper is silent on them):
 
@@ -70,8 +72,9 @@ class VirtualAlpha(Defense):
 
     Cost (measured): ``fixed`` 1 forward + 1 backward (trains on ``x~`` only: "the first method
     does not require any additional passes"); ``fixed-kl`` and ``beta-kl`` 2 forward + 1
-    backward ("a second forward-pass to calculate the KL-Divergence - but no additional
-    backward-pass"), 000 Table I.
+    backward *sweep* ("a second forward-pass to calculate the KL-Divergence - but no additional
+    backward-pass"), 000 Table I's unit (``backward_sweeps_per_example``); the one sweep flows
+    back through both forwards, 2 backward example-passes of work (``backward_per_example``).
 
     000 reports that ``beta-kl`` (Beta(2, 4), lambda 10) converges faster than the base model
     on its ImageNet subset (Fig. 4, Table I). On the 8x8 digits (``mlp-toy``) the KL variants
@@ -124,13 +127,17 @@ class VirtualAlpha(Defense):
                 return cand
         return torch.zeros_like(x)  # every training image equals x: nothing else to overlay
 
+    def owns(self, hook: str) -> bool:
+        if hook == "loss":
+            return self.variant == "fixed"
+        return super().owns(hook)
+
     def loss(self, model, x, y, ctx):
-        if self.variant == "fixed":
-            x_mix, _, _ = self.mix(x, ctx)
-            logits = model(x_mix)
-            return ctx.cross_entropy(logits, y) + ctx.regularizers(model, x_mix, y, logits)
-        logits = model(x)
-        return ctx.cross_entropy(logits, y) + ctx.regularizers(model, x, y, logits)
+        if self.variant != "fixed":  # the default loss; the KL term is the regulariser
+            return super().loss(model, x, y, ctx)
+        x_mix, _, _ = self.mix(x, ctx)
+        logits = model(x_mix)
+        return ctx.cross_entropy(logits, y) + ctx.regularizers(model, x_mix, y, logits)
 
     def regularizer(self, model, x, y, logits, ctx):
         if self.variant == "fixed":
