@@ -17,8 +17,8 @@ default) with the quick suite's attacks, parameters and eps, on ``ADVARENA_BENCH
   example (counted by a wrapper around the model), and their ratio;
 * ``square_queries_per_example``: Square's model evaluations per example, per eps and mean.
 
-``ADVARENA_BENCH_DEFENSE`` picks the defense trained (a plain-training defense such as ``none``,
-``brelu``, ``label-smoothing``; default ``none``). Run: ``pytest benchmarks/bench_headline.py
+``ADVARENA_BENCH_DEFENSE`` picks the defense trained (any that needs no reference model, e.g.
+``none``, ``brelu``, ``fgsm-at``, ``distillation``; default ``none``). Run: ``pytest benchmarks/bench_headline.py
 --benchmark-only``.
 """
 
@@ -29,7 +29,6 @@ import time
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import advarena
@@ -67,21 +66,23 @@ class Counting(nn.Module):
 
 
 def _train(splits, defense_name: str) -> Classifier:
+    """``cnn-001`` trained with ``defense_name`` by the shared trainer (no reference model, so
+    no fine-tuning defense), the quick suite's optimiser settings for ``EPOCHS`` epochs."""
+    from advarena.runner import split_validation
+    from advarena.trainer import TrainConfig, TrainingSession
+
     defense = advarena.defense(defense_name)
+    suite = load_suite("quick")
+    config = TrainConfig(**{**suite.train, "epochs": EPOCHS})
     torch.manual_seed(0)
     net = advarena.architecture("cnn-001").build(splits.info, defense.activation(splits.info)
                                                  or nn.ReLU)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    gen = torch.Generator().manual_seed(0)
-    x, y = splits.train.x, splits.train.y
-    for _ in range(EPOCHS):
-        order = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), 64):
-            idx = order[i:i + 64]
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(net(x[idx]), y[idx]).backward()
-            opt.step()
-    return Classifier(net, splits.info.bounds, defense.input_transform(splits.info)).eval()
+    train, val = split_validation(splits.train, config.val_fraction, 0)
+    session = TrainingSession(net, splits.info, train, val, config, defense,
+                              device=torch.device("cpu"), seed=0,
+                              transform=defense.input_transform(splits.info))
+    defense.fit(session)
+    return Classifier(session.model, splits.info.bounds, session.transform).eval()
 
 
 @pytest.fixture(scope="module")
