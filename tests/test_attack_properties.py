@@ -17,10 +17,11 @@ from advarena.plugins import default_registry
 from advarena.threat import perturbation_norm
 
 # Small budgets so the whole table runs in seconds; only iteration counts are reduced.
-FAST = {"pgd": {"steps": 10}, "ifgsm": {"steps": 10}, "mi-fgsm": {"steps": 10},
-        "apgd-ce": {"steps": 10}, "apgd-dlr": {"steps": 10},
-        "apgd-t": {"steps": 10, "n_target_classes": 3}, "gradient-ensemble": {}, "cw-l2": {"steps": 30,
-                                                                       "binary_search_steps": 3},
+FAST = {"pgd": {"steps": 10}, "pgd-l2": {"steps": 10}, "ifgsm": {"steps": 10},
+        "mi-fgsm": {"steps": 10}, "apgd-ce": {"steps": 10}, "apgd-dlr": {"steps": 10},
+        "apgd-t": {"steps": 10, "n_target_classes": 3}, "gradient-ensemble": {},
+        "square": {"n_queries": 200}, "square-l2": {"n_queries": 200},
+        "cw-l2": {"steps": 30, "binary_search_steps": 3},
         "coordinate-greedy": {"steps": 100}, "adam-evasion": {"steps": 100},
         "deepfool": {"max_iter": 20}}
 EPS = {"linf": (0.05, 0.2), "l2": (0.5, 1.5), "l0": (None, None)}

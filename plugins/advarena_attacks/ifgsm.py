@@ -5,7 +5,8 @@ from __future__ import annotations
 from advarena.api import Attack, ThreatModel
 from advarena.params import param
 
-from ._grad import kurakin_steps, linf_limits, loss_gradient, pixel_unit, sign_step
+from ._grad import kurakin_steps, linf_limits, pixel_unit, sign_step
+from ._losses import LOSS_CHOICES, LossName, objective_gradient
 
 
 def ifgsm_schedule(eps: float, steps: int | None, step_size: float | None,
@@ -45,6 +46,8 @@ class IFGSM(Attack):
         eps (float, 0.3): Linf budget (004: 0.3 on MNIST; 000: 4, 8, 16 /255).
         steps (int | None, None): number of steps; None for Kurakin's rule above.
         step_size (float | None, None): step per iteration; None for the rule above.
+        loss ('ce' | 'margin' | 'dlr', 'ce'): the objective ascended (Kurakin et al.: ce; see
+            ``pgd``).
 
     Cost: exactly ``steps`` forward-plus-backward passes, batched, no host synchronisation.
 
@@ -64,11 +67,13 @@ class IFGSM(Attack):
                               help="number of steps (None: min(eps+4, 1.25*eps) in /255 units)")
     step_size: float | None = param(
         None, gt=0, help="step per iteration (None: 1/255 if steps is None, else eps/steps)")
+    loss: LossName = param("ce", help="objective: ce | margin | dlr", choices=LOSS_CHOICES)
 
     def run(self, model, inputs, labels, eps, generator=None):
         steps, step = ifgsm_schedule(eps, self.steps, self.step_size, model.bounds)
         lower, upper = linf_limits(inputs, eps, model.bounds)
         x_adv = inputs
         for _ in range(steps):
-            x_adv = sign_step(x_adv, loss_gradient(model, x_adv, labels), step, lower, upper)
+            grad = objective_gradient(model, x_adv, labels, self.loss)
+            x_adv = sign_step(x_adv, grad, step, lower, upper)
         return x_adv

@@ -7,7 +7,8 @@ import torch
 from advarena.api import Attack, ThreatModel
 from advarena.params import param
 
-from ._grad import linf_limits, loss_gradient, normalize, sign_step
+from ._grad import linf_limits, normalize, sign_step
+from ._losses import LOSS_CHOICES, LossName, objective_gradient
 
 
 class MIFGSM(Attack):
@@ -29,6 +30,8 @@ class MIFGSM(Attack):
         steps (int, 10): iterations T (Dong et al.: 10).
         step_size (float | None, None): step a; None is Dong et al.'s ``eps / steps``.
         decay (float, 1.0): momentum decay mu (Dong et al.: 1.0).
+        loss ('ce' | 'margin' | 'dlr', 'ce'): the objective ascended (Dong et al.: ce; see
+            ``pgd``). The L1 normalisation makes the update independent of the loss's scale.
 
     Cost: exactly ``steps`` forward-plus-backward passes, batched, no host synchronisation.
 
@@ -45,6 +48,7 @@ class MIFGSM(Attack):
     steps: int = param(10, ge=1, help="number of iterations")
     step_size: float | None = param(None, gt=0, help="step per iteration (None: eps/steps)")
     decay: float = param(1.0, ge=0, help="momentum decay factor mu")
+    loss: LossName = param("ce", help="objective: ce | margin | dlr", choices=LOSS_CHOICES)
 
     def run(self, model, inputs, labels, eps, generator=None):
         step = self.step_size if self.step_size is not None else eps / self.steps
@@ -52,7 +56,7 @@ class MIFGSM(Attack):
         x_adv = inputs
         momentum = torch.zeros_like(inputs)
         for _ in range(self.steps):
-            grad = normalize(loss_gradient(model, x_adv, labels), 1)
+            grad = normalize(objective_gradient(model, x_adv, labels, self.loss), 1)
             momentum = momentum.mul_(self.decay).add_(grad)
             x_adv = sign_step(x_adv, momentum, step, lower, upper)
         return x_adv

@@ -7,7 +7,8 @@ import torch
 from advarena.api import Attack, ThreatModel
 from advarena.params import param
 
-from ._grad import linf_limits, loss_gradient, sign_step
+from ._grad import linf_limits, sign_step
+from ._losses import LOSS_CHOICES, LossName, objective_gradient
 
 
 class PGD(Attack):
@@ -27,6 +28,9 @@ class PGD(Attack):
             Madry et al.'s rule, which lets the iterate cross the ball from any start.
         random_start (bool, True): start from a uniform point of the ball; without it the
             attack is I-FGSM/BIM.
+        loss ('ce' | 'margin' | 'dlr', 'ce'): the objective ascended: Madry's cross-entropy,
+            C&W's logit margin ``max_{j != y} z_j - z_y`` or Croce & Hein's DLR (eq. 6). The
+            last two do not go blind when the softmax saturates (see ``_losses``).
 
     Every step is batched and free of host synchronisation; there is no early stop, so the
     cost is exactly ``steps`` forward-plus-backward passes.
@@ -44,6 +48,7 @@ class PGD(Attack):
     steps: int = param(40, ge=1, help="number of gradient steps")
     step_size: float | None = param(None, gt=0, help="step per iteration (None: 2.5*eps/steps)")
     random_start: bool = param(True, help="uniform random start in the eps-ball")
+    loss: LossName = param("ce", help="objective: ce | margin | dlr", choices=LOSS_CHOICES)
 
     def run(self, model, inputs, labels, eps, generator=None):
         step = self.step_size if self.step_size is not None else 2.5 * eps / self.steps
@@ -54,5 +59,6 @@ class PGD(Attack):
                                dtype=inputs.dtype)
             x_adv = torch.clamp(inputs + (2 * noise - 1) * eps, lower, upper)
         for _ in range(self.steps):
-            x_adv = sign_step(x_adv, loss_gradient(model, x_adv, labels), step, lower, upper)
+            grad = objective_gradient(model, x_adv, labels, self.loss)
+            x_adv = sign_step(x_adv, grad, step, lower, upper)
         return x_adv
