@@ -239,3 +239,67 @@ def test_compute_headline_refuses_records_on_other_examples():
     ]
     with pytest.raises(HeadlineError):
         compute_headline(records, {"pgd": {"norm": "linf"}, "fgsm": {"norm": "linf"}})
+
+
+# -- the white-box protocol's gradient checks, on the trained digits model ---------------------
+
+class _Scaled(torch.nn.Module):
+    def __init__(self, model, scale):
+        super().__init__()
+        self.model, self.scale, self.bounds = model, scale, model.bounds
+
+    def forward(self, x):
+        return self.model(x) * self.scale
+
+
+def _white_box(model, splits, attacks=("fgsm", "pgd")):
+    import advarena
+    from advarena.evaluation import EvalContext
+    from advarena.protocols.white_box import WhiteBox
+
+    data = splits.test.subset(slice(0, 60))
+    ctx = EvalContext(info=splits.info, data=data, train=splits.train,
+                      device=torch.device("cpu"), seed=0, batch_size=60, model=model,
+                      attacks={a: advarena.attack(a) for a in attacks})
+    out = WhiteBox(attacks=attacks, eps=(0.1,), headline_eps=0.1).evaluate(ctx)
+    return {(m.metric, m.attack): m for m in out}
+
+
+def test_zero_gradient_share_sees_a_saturated_softmax(digits_model):
+    model, splits = digits_model
+    plain = _white_box(model, splits)
+    scaled = _white_box(_Scaled(model, 1000.0), splits)
+    share = ("zero_gradient_share", None)
+    assert plain[share].value <= 0.05 < 0.5 <= scaled[share].value
+    assert scaled[share].n == round(scaled[("accuracy", None)].value * 60)  # of the correct
+    # the same predictions, and the blind CE attacks overstate robustness
+    assert scaled[("accuracy", None)].value == plain[("accuracy", None)].value
+    assert scaled[("robust_accuracy", "pgd")].value > plain[("robust_accuracy", "pgd")].value
+
+
+def test_nan_gradients_are_measured_and_attacks_stay_finite(digits_model, fixture_plugin):
+    model, splits = digits_model
+    from advarena.models import Classifier
+
+    nan = Classifier(model.net, model.bounds, fixture_plugin("masking_defenses")
+                     .NanGradTransform()).eval()
+    out = _white_box(nan, splits)
+    assert out[("nonfinite_gradient_share", None)].value == 1.0
+    assert out[("robust_accuracy", "pgd")].value == out[("accuracy", None)].value  # blind
+    flags = {f.metric: f for f in compute_flags_of(out)}
+    assert flags["flag_non_finite"].value == 1.0
+
+
+def test_non_finite_clean_logits_fail_the_evaluation(digits_model):
+    model, splits = digits_model
+    with pytest.raises(ValueError, match="NaN or infinite logits"):
+        _white_box(_Scaled(model, float("inf")), splits)
+
+
+def compute_flags_of(out):
+    from advarena.sanity import compute_flags
+
+    flat = [{"protocol": "white-box", "metric": m.metric, "value": m.value, "n": m.n,
+             "attack": m.attack, "eps": m.eps, "ci_low": m.ci_low, "ci_high": m.ci_high,
+             "extra": m.extra} for m in out.values()]
+    return compute_flags(flat, [], {"fgsm"})
