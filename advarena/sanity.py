@@ -27,14 +27,20 @@ from .report.compare import mcnemar_exact
 # Thresholds, with why (calibration numbers: quick suite, see the module docstring).
 # Zero-or-non-finite input gradients among correctly classified examples. A float32 softmax
 # makes the cross-entropy gradient exactly zero only when every other logit is ~100 below the
-# true one, which honest training never reaches: 0.0 on all six honest models; distillation
-# T=100 and the x100 logit scaling sit far above it (see the calibration in the report).
+# true one, which honest training does not reach. Quick suite: 0.0% on none, brelu, fgsm-at,
+# ifgsm-at, pgd-at, e2sad, 0.7% on gda-brelu; distillation (T = 100) 93.2%, none with logits
+# x100 99.3%, the NaN-gradient transform 100% (non-finite).
 ZERO_GRADIENT_MAX_SHARE = 0.05
 # At the sweep's largest eps (0.3 on digits, three times the headline eps) the worst case over
 # the white-box attacks should be ~0 (Carlini et al. sec. 5.2: "unbounded attacks should reach
-# 100% success"; eps 0.3 on 8x8 digits changes a digit's class for a human).
+# 100% success"; eps 0.3 on 8x8 digits changes a digit's class for a human). Quick suite with
+# Square in the set: at most 1.3% (ifgsm-at) on honest models; the gradient attacks alone leave
+# distillation at 73% and the x100 copy at 90%, which Square then breaks (so with a score-based
+# attack in the set this flag rarely fires: the gradient-free check does the work).
 LARGE_EPS_MAX_ACCURACY = 0.10
-# Unbounded minimal attacks should fool (almost) every correctly classified example.
+# Unbounded minimal attacks, together (per example), should fool (almost) every correctly
+# classified example. Quick suite: DeepFool alone 99.3-100% on every model (C&W 5x100 alone
+# 67-95%: a weak configuration, not masking), so the union is >= 99.3% everywhere.
 MINIMAL_MIN_SUCCESS = 0.95
 # Minimal attacks that are unbounded by design (no eps cap, enough steps to always succeed on
 # a differentiable model): only their failure says something about the model. The budgeted
@@ -43,11 +49,13 @@ MINIMAL_MIN_SUCCESS = 0.95
 UNBOUNDED_MINIMAL = ("deepfool", "cw-l2")
 # A gradient-free attack (score-based or transfer) "beats white-box" when the examples it breaks
 # that survive every gradient attack outnumber the converse significantly (exact McNemar, as
-# ``advarena compare``) and by at least this share of the examples: on honest models Square
-# finds a few examples the gradient attacks miss (up to ~2 points), so the gap guards against
-# a flag on every row.
-GRADIENT_FREE_MIN_GAP = 0.05
-ALPHA = 0.01
+# ``advarena compare``) and by at least this share of the examples. Quick suite at eps 0.1 and
+# 0.3 (lost - gained over 300 examples): honest models at most +1 (0.3%, pgd-at, p = 1), the
+# transfer attacks never above the gradient worst case; distillation +12 (4.0%, p = 0.002),
+# logit-scale +10 (3.3%, p = 0.02), nan-grad +126 (42%). Square's random search alone finds a
+# few examples the gradient attacks miss (e2sad: 3 either way), which the gap absorbs.
+GRADIENT_FREE_MIN_GAP = 0.02
+ALPHA = 0.05
 
 
 def _above(a: dict, b: dict) -> bool:
@@ -194,26 +202,36 @@ def _gradient_free_flag(records: list[dict], per_eps: dict[tuple, dict[str, dict
 
 
 def _minimal_flag(records: list[dict], flag) -> None:
-    """Unbounded minimal attacks that fail on correctly classified examples."""
+    """Correctly classified examples that no unbounded minimal attack could fool: an
+    unbounded attack must always succeed on a differentiable model (Carlini et al. sec. 5.2),
+    so such examples mean the gradients mislead. Per example, the union over the attacks: one
+    weakly configured attack (a C&W with too few search steps) does not flag a model that
+    DeepFool fools everywhere; each attack's own rate is in the detail."""
     succ = [r for r in records if r["protocol"] == "minimal-perturbation"
             and r["metric"] == "success_rate" and r["attack"] in UNBOUNDED_MINIMAL]
-    rates = {}
+    clean = _metric(records, "minimal-perturbation", "accuracy") or \
+        _metric(records, "white-box", "accuracy")
+    bits, rates = [], {}
     for r in succ:
+        b = _bits(r)
         if (r["extra"] or {}).get("denominator") == "correctly classified":
-            rates[r["attack"]] = r["value"]
+            correct = r["n"]
+        elif clean is not None and clean["n"] == r["n"]:
+            correct = round(clean["value"] * clean["n"])  # a share of all -> of the correct
+        else:
+            continue  # the denominator was not measured
+        if correct <= 0 or b is None:
             continue
-        clean = _metric(records, "minimal-perturbation", "accuracy") or \
-            _metric(records, "white-box", "accuracy")
-        if clean is not None and clean["n"] == r["n"] and clean["value"] > 0:
-            rates[r["attack"]] = r["value"] / clean["value"]  # share of all -> of correct
-    if rates:
-        bad = [f"{a} {100 * v:.1f}%" for a, v in sorted(rates.items())
-               if v < MINIMAL_MIN_SUCCESS]
-        flag("minimal_attacks_fail", bool(bad),
-             "unbounded minimal attacks succeed on too few correctly classified examples "
-             f"(expected >= {100 * MINIMAL_MIN_SUCCESS:g}%): " + ", ".join(bad) if bad else
-             "unbounded minimal attacks succeed on (almost) every correctly classified example",
-             "minimal attacks fail")
+        rates[r["attack"]] = sum(b) / correct
+        bits.append((b, correct))
+    if not bits or len({len(b) for b, _ in bits}) != 1 or len({c for _, c in bits}) != 1:
+        return
+    union = sum(any(col) for col in zip(*(b for b, _ in bits))) / bits[0][1]
+    each = ", ".join(f"{a} {100 * v:.1f}%" for a, v in sorted(rates.items()))
+    flag("minimal_attacks_fail", union < MINIMAL_MIN_SUCCESS,
+         f"the unbounded minimal attacks together fool {100 * union:.1f}% of the correctly "
+         f"classified examples (expected >= {100 * MINIMAL_MIN_SUCCESS:g}%; {each})",
+         "minimal attacks fail")
 
 
 def _metric(records, protocol, metric):
