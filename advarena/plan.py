@@ -32,7 +32,7 @@ class Cell:
     ``prepared``) to the key of the cell whose output this one reads."""
 
     key: str
-    kind: str  # train | prepare | eval | flags
+    kind: str  # train | prepare | eval | headline | flags
     spec: dict[str, Any]
     labels: dict[str, Any]
     deps: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -254,8 +254,9 @@ class Planner:
                         for d, k in keys.items():
                             evals[d][f"eval:{pname}"] = k
                     for d in models:
-                        self._flags_cell(d, models, evals, dataset, arch, seed)
-        order = {"train": 0, "prepare": 1, "eval": 2, "flags": 3}
+                        head = self._headline_cell(d, models, evals, dataset, arch, seed)
+                        self._flags_cell(d, models, evals, dataset, arch, seed, head)
+        order = {"train": 0, "prepare": 1, "eval": 2, "headline": 3, "flags": 4}
         cells = sorted(self.cells.values(), key=lambda c: order[c.kind])
         return Plan(s, _topological(cells), names)
 
@@ -298,21 +299,58 @@ class Planner:
             keys[name] = self._add(Cell(content_key(spec), "eval", spec, labels, deps))
         return keys
 
-    def _flags_cell(self, name: str, models: dict[str, str], evals: dict[str, dict[str, str]],
-                    dataset: str, arch: str, seed: int) -> None:
-        """Sanity flags of one model, computed from its stored records (and the
-        reference's, for comparisons)."""
-        from . import sanity
+    def _headline_cell(self, name: str, models: dict[str, str],
+                       evals: dict[str, dict[str, str]], dataset: str, arch: str,
+                       seed: int) -> str | None:
+        """The headline of one model (:mod:`advarena.headline`): the per-example worst case
+        over its white-box (gradient and score-based) and black-box transfer records at the
+        headline eps. None when the white-box protocol does not run."""
+        from . import headline
 
-        deps = dict(evals[name])
-        deps.update({f"reference-{k}": v for k, v in evals[self.suite.reference].items()})
-        single = sorted(e.name for e in self.reg.entries("attacks") if e.cls.single_step)
-        spec = {"kind": "flags", "deps": deps, "single_step": single,
-                "code": code_version_module(sanity)}
+        deps = {k: v for k, v in evals[name].items()
+                if k in ("eval:white-box", "eval:black-box")}
+        if "eval:white-box" not in deps:
+            return None
+        names = sorted({a for k in deps.values() for a in self.cells[k].spec["attacks"]})
+        threat = {}
+        for a in names:
+            tm = self.reg.get("attacks", a).threat_model
+            threat[a] = {"norm": tm.norm, "access": getattr(tm, "access", "gradient")}
+        spec = {"kind": "headline", "deps": deps, "attacks": threat,
+                "code": code_version_module(headline)}
         tlabels = self.cells[models[name]].labels
         labels = {"dataset": dataset, "architecture": arch, "defense": tlabels["defense"],
-                  "params": tlabels["params"], "seed": seed, "protocol": "sanity"}
-        self._add(Cell(content_key(spec), "flags", spec, labels, deps))
+                  "params": tlabels["params"], "seed": seed, "protocol": "headline"}
+        return self._add(Cell(content_key(spec), "headline", spec, labels, deps))
+
+    def _flags_cell(self, name: str, models: dict[str, str], evals: dict[str, dict[str, str]],
+                    dataset: str, arch: str, seed: int, head: str | None = None) -> None:
+        """Sanity flags of one model (:mod:`advarena.sanity`), computed from its stored records.
+
+        Two cells, so that a protocol that fails on a broken model (a minimal attack returning
+        NaN on NaN gradients) cannot take the masking checks with it: ``sanity`` reads the
+        white-box and black-box records and the headline, ``sanity-minimal`` the minimal
+        attacks' success rates (and the white-box clean accuracy)."""
+        from . import sanity
+
+        own = evals[name]
+        single = sorted(e.name for e in self.reg.entries("attacks") if e.cls.single_step)
+        groups = {"main": ("sanity", {k: v for k, v in own.items()
+                                      if k in ("eval:white-box", "eval:black-box")}),
+                  "minimal": ("sanity-minimal", {k: v for k, v in own.items()
+                                                 if k in ("eval:minimal-perturbation",
+                                                          "eval:white-box")})}
+        if head is not None:
+            groups["main"][1]["headline"] = head
+        tlabels = self.cells[models[name]].labels
+        for checks, (protocol, deps) in groups.items():
+            if not deps or (checks == "minimal" and "eval:minimal-perturbation" not in deps):
+                continue
+            spec = {"kind": "flags", "checks": checks, "deps": deps, "single_step": single,
+                    "code": code_version_module(sanity)}
+            labels = {"dataset": dataset, "architecture": arch, "defense": tlabels["defense"],
+                      "params": tlabels["params"], "seed": seed, "protocol": protocol}
+            self._add(Cell(content_key(spec), "flags", spec, labels, deps))
 
 
 def _base_prepare():

@@ -529,11 +529,23 @@ def run_flags(cell: Cell, env: Environment, progress: Progress) -> CellOutput:
     own = [k for role, k in cell.deps.items() if not role.startswith("reference-")]
     ref = [k for role, k in cell.deps.items() if role.startswith("reference-")]
     flags = compute_flags(env.store.metrics(own), env.store.metrics(ref),
-                          set(cell.spec["single_step"]))
+                          set(cell.spec["single_step"]), cell.spec.get("checks"))
     return CellOutput({"raised": [f.metric for f in flags if f.value]}, flags, {}, {})
 
 
-RUNNERS = {"train": run_train, "prepare": run_prepare, "eval": run_eval, "flags": run_flags}
+def run_headline(cell: Cell, env: Environment, progress: Progress) -> CellOutput:
+    from .headline import HeadlineError, compute_headline
+
+    try:
+        ms = compute_headline(env.store.metrics(list(cell.deps.values())),
+                              cell.spec["attacks"], cell.deps)
+    except HeadlineError as exc:
+        raise CellError(f"headline: {exc}") from None
+    return CellOutput({"records": len(ms)}, ms, {}, {})
+
+
+RUNNERS = {"train": run_train, "prepare": run_prepare, "eval": run_eval,
+           "headline": run_headline, "flags": run_flags}
 
 
 def run_cell(cell: Cell, env: Environment, progress: Progress) -> tuple[CellOutput, float]:

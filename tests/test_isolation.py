@@ -159,13 +159,14 @@ def test_hostile_defenses_and_metric_fail_only_their_own_cells(tmp_path, capsys,
         assert plugin in out and reason in out  # said on stdout too
     done = {t for t, r in rows.items() if r is not None and r["status"] == "done"}
     assert done == {"train digits cnn-001 none", "eval digits cnn-001 white-box none",
-                    "eval digits cnn-001 training-cost none"}
+                    "eval digits cnn-001 training-cost none",
+                    # the reference's headline and flags read its white-box cell only
+                    "headline digits cnn-001 headline none", "flags digits cnn-001 sanity none"}
     skipped = {t for t, r in rows.items() if r is None}
-    # Everything reading a failed cell: the hostile defenses' evaluations and flags, and the
-    # reference's flags (they read its hostile-metric evaluation).
+    # Everything reading a failed cell: the hostile defenses' evaluations, headlines and flags.
     assert skipped == set(rows) - done - set(expected_failures)
-    assert "flags digits cnn-001 sanity none" in skipped
-    assert re.search(r"3 cells run, 0 reused .* 3 failed, \d+ skipped", out)
+    assert "flags digits cnn-001 sanity hostile-nan-defense" in skipped
+    assert re.search(r"5 cells run, 0 reused .* 3 failed, \d+ skipped", out)
 
     s = Store.open(store, create=False)
     try:

@@ -13,8 +13,8 @@ import torch
 from advarena.api.records import Measurement
 from advarena.cli.main import main
 from advarena.errors import AdvarenaError
-from advarena.report.leaderboard import (build_tables, render_html, render_markdown,
-                                         write_leaderboards)
+from advarena.report.leaderboard import (build_tables, render_html, render_json,
+                                         render_markdown, write_leaderboards)
 from advarena.store import Store
 
 TINY = Path(__file__).parent / "suites" / "tiny.toml"
@@ -100,11 +100,12 @@ def test_json_rows_have_numbers_as_numbers(board):
     assert by["none"]["data_copies"] == 1.0
     assert by["gda-brelu"]["data_copies"] == suite["defense_params"]["gda-brelu"]["n"] + 1
     assert by["gda-brelu"]["paper"]  # taken from the plugin registry
-    # the ranks follow the stated rule: 1 + rows whose interval lies entirely above
+    # the headline (a worst case over more attacks) is never above the white-box worst case
     for r in rows:
-        above = sum(1 for o in rows
-                    if o["robust_accuracy"]["ci_low"] > r["robust_accuracy"]["ci_high"])
-        assert r["rank"] == 1 + above
+        assert r["headline"]["value"] <= r["robust_accuracy"]["value"]
+        assert r["headline"]["n"] == suite["eval"]["n_examples"]
+    # the ranks follow the stated rule (McNemar on the paired headline outcomes)
+    assert sorted(r["rank"] for r in rows)[0] == 1
 
 
 def test_formats_agree(board):
@@ -115,9 +116,10 @@ def test_formats_agree(board):
     for name, r in rows.items():
         clean = f"{100 * r['clean_accuracy']['value']:.1f}"
         robust = f"{100 * r['robust_accuracy']['value']:.1f}"
-        assert md[name][0] == str(r["rank"])
+        assert md[name][0] == str(r["rank"]) + (" ⚠" if r["flagged"] else "")
         assert md[name][4].startswith(clean)
-        assert md[name][5].startswith(f"**{robust}**")
+        assert md[name][5].startswith(f"**{100 * r['headline']['value']:.1f}**")
+        assert md[name][6].startswith(robust)  # white-box alone (no score-based attack here)
         assert f">{name}</a>" in html  # the defense links to its detail page
 
 
@@ -427,7 +429,8 @@ def test_new_columns_hold_the_stored_numbers(full_store):
         assert r["passes_per_example"] == one("training-cost", "passes_per_example")["value"]
         assert r["n_seeds"] == 1 and r["seeds"] == [0]
     assert by["strong"]["flags"] == [{"name": "large_eps_not_broken",
-                                      "detail": "accuracy 0.8 at eps 0.3"}]
+                                      "detail": "accuracy 0.8 at eps 0.3",
+                                      "summary": "large_eps_not_broken"}]
     assert by["middle"]["flags"] == [] and by["middle"]["sanity_checked"]
     # ranks: strong alone on top; middle and another overlap, so they tie
     ranks = {n: r["rank"] for n, r in by.items()}
@@ -442,23 +445,26 @@ def test_new_columns_are_rendered(full_store):
     tables = build_tables(full_store)
     html = render_html(tables)
     heads = html_headers(html)
-    for header in ("black-box", "Adv. ×1", "Adv. ×3", "Adv. ×5", "ρ₂", "emp. rob.",
+    for header in ("headline", "white-box", "transfer", "Adv. ×1", "Adv. ×3", "Adv. ×5", "ρ₂", "emp. rob.",
                    "acc. @ eps_ref", "loss sens.", "overhead", "passes", "seeds",
                    "sanity flags", "paper"):
         assert header in heads, header
     strong = next(r for r in tables[0]["rows"] if r["defense"] == "strong")
     assert f'{100 * strong["black_box"]["value"]:.1f}' in html
     assert f'{strong["rho_2"]["value"]:.3g}' in html
-    # the flag is named in the row and its detail is the tooltip
+    # the flag is named in the row and its detail is the tooltip; the rank carries a badge
     assert 'title="accuracy 0.8 at eps 0.3">large_eps_not_broken</span>' in html
+    assert 'class="badge unreliable" title="unreliable evaluation: large_eps_not_broken"' in html
     md = render_markdown(tables)
     rows = {r[1]: r for r in md_rows(md)}
     header = next(line for line in md.splitlines() if line.startswith("| rank"))
     cols = [c.strip() for c in header.split("|")[1:-1]]
-    assert cols[:6] == ["rank", "defense", "parameters", "architecture", "clean", "white-box"]
-    assert "black-box (eps 0.12)" in cols and "Adv. ×5 (eps 0.1)" in cols
+    assert cols[:7] == ["rank", "defense", "parameters", "architecture", "clean", "headline",
+                        "white-box"]
+    assert "transfer (eps 0.12)" in cols and "Adv. ×5 (eps 0.1)" in cols
+    assert rows["strong"][0].endswith("⚠") and rows["middle"][0].isdigit()
     flags = rows["strong"][cols.index("sanity flags")]
-    note = re.fullmatch(r"large_eps_not_broken\[\^([\w-]+)\]", flags)
+    note = re.fullmatch(r"⚠ large_eps_not_broken\[\^([\w-]+)\]", flags)
     assert note, flags
     assert f"[^{note.group(1)}]: strong, large\\_eps" not in md  # no needless escapes
     assert f"[^{note.group(1)}]: strong, large_eps_not_broken: accuracy 0.8 at eps 0.3" in md
@@ -470,8 +476,8 @@ def test_columns_without_numbers_are_left_out(store):
     add_model(store, "none", (0.2, 0.1, 0.3), role="reference")
     add_model(store, "alpha", (0.8, 0.7, 0.9))
     heads = html_headers(render_html(build_tables(store)))
-    assert heads[:4] == ["rank", "defense", "clean", "white-box"]
-    assert not {"black-box", "ρ₂", "Adv. ×1", "loss sens."} & set(heads)
+    assert heads[:5] == ["rank", "defense", "clean", "headline", "white-box"]
+    assert not {"transfer", "score-based", "ρ₂", "Adv. ×1", "loss sens."} & set(heads)
     assert "overhead" in heads  # add_model stores training cost
 
 
@@ -729,3 +735,101 @@ def test_toy_detail_page_draws_the_decision_boundary(tmp_path):
         png = page.with_suffix("") / "decision-boundary.png"
         assert png.read_bytes().startswith(b"\x89PNG") and png.stat().st_size > 5000
         assert "decision-boundary.png" in page.with_suffix(".md").read_text()
+
+
+# -- the ranking rule: paired McNemar, flagged rows below unflagged rows they do not clear ---------
+
+def add_paired(store: Store, defense: str, robust: list[int], *, flag: str | None = None,
+               role: str = "defense") -> None:
+    """A model whose white-box and headline records carry per-example outcomes (``robust``:
+    which of the shared examples it survives on), optionally with a raised sanity flag."""
+    from advarena.evaluation import accuracy_measurement
+
+    labels = {"dataset": "digits", "architecture": "cnn-001", "defense": defense,
+              "params": {}, "seed": 0}
+    mask = torch.tensor(robust, dtype=torch.bool)
+
+    def cell(key, kind, extra_labels, ms):
+        store.record_cell(key=key, kind=kind, spec={}, run_id="r",
+                          labels={**labels, **extra_labels}, started=0.0, seconds=1.0,
+                          device="cpu", provenance={}, result={}, measurements=ms,
+                          artifacts={})
+
+    cell(f"train-{defense}", "train", {"role": role}, [])
+    cell(f"wb-{defense}", "eval", {"protocol": "white-box"}, [
+        accuracy_measurement("accuracy", torch.ones(len(robust), dtype=torch.bool)),
+        accuracy_measurement("worst_case_accuracy", mask, attack="worst-case", eps=0.1,
+                             norm="linf", headline=True)])
+    cell(f"head-{defense}", "headline", {"protocol": "headline"}, [
+        accuracy_measurement("headline_accuracy", mask, attack="worst-case", eps=0.1,
+                             norm="linf", headline=True)])
+    cell(f"flags-{defense}", "flags", {"protocol": "sanity"}, [
+        Measurement(f"flag_{flag or 'zero_gradients'}", 1.0 if flag else 0.0, 1,
+                    extra={"detail": "seen: something", "summary": "zero input gradients"})])
+
+
+def _ranks(store):
+    (table,) = build_tables(store)
+    return {r["defense"]: r["rank"] for r in table["rows"]}, table["rows"]
+
+
+def test_paired_test_separates_rows_whose_intervals_overlap(store):
+    # 200 shared examples: a survives 120, b a subset of 100 of them (20 discordant, all one
+    # way: exact McNemar p = 2 / 2**20), c 3 more than b (p = 0.25 against b: a tie)
+    n = 200
+    a = [1] * 120 + [0] * 80
+    b = [1] * 100 + [0] * 100
+    c = [1] * 103 + [0] * 97
+    add_paired(store, "none", b, role="reference")
+    add_paired(store, "a", a)
+    add_paired(store, "c", c)
+    ranks, rows = _ranks(store)
+    stats = {r["defense"]: r["headline"] for r in rows}
+    assert stats["a"]["ci_low"] < stats["none"]["ci_high"]  # the intervals overlap ...
+    assert ranks["a"] < ranks["none"]  # ... and yet the paired test separates them
+    assert ranks["c"] == ranks["none"] == 2  # 3 against 0 discordant, a tie; both below a
+    assert len(a) == len(b) == len(c) == n
+
+
+def test_flagged_row_is_never_above_an_unflagged_row_it_does_not_clear(store, tmp_path):
+    honest = [1] * 100 + [0] * 100
+    masked = [1] * 115 + [0] * 85  # better by the paired test, but its interval overlaps
+    far = [1] * 190 + [0] * 10  # clears the honest row's interval entirely
+    add_paired(store, "none", honest, role="reference")
+    add_paired(store, "masked", masked, flag="zero_gradients")
+    add_paired(store, "far", far, flag="zero_gradients")
+    ranks, rows = _ranks(store)
+    by = {r["defense"]: r for r in rows}
+    assert by["masked"]["headline"]["ci_low"] <= by["none"]["headline"]["ci_high"]
+    assert ranks["masked"] > ranks["none"]
+    assert [r["defense"] for r in rows].index("masked") > [r["defense"] for r in rows].index(
+        "none")
+    assert by["far"]["headline"]["ci_low"] > by["none"]["headline"]["ci_high"]
+    assert ranks["far"] < ranks["none"]
+    # the same numbers unflagged rank above: the flag alone moved it
+    store2 = Store.open(tmp_path / "store2")
+    try:
+        add_paired(store2, "none", honest, role="reference")
+        add_paired(store2, "masked", masked)
+        ranks2, _ = _ranks(store2)
+        assert ranks2["masked"] < ranks2["none"]
+    finally:
+        store2.close()
+
+
+def test_flagged_rows_carry_a_badge_and_the_reason(store):
+    add_paired(store, "none", [1] * 50 + [0] * 50, role="reference")
+    add_paired(store, "masked", [1] * 60 + [0] * 40, flag="zero_gradients")
+    tables = build_tables(store)
+    md = render_markdown(tables)
+    rows = {r[1]: r for r in md_rows(md)}
+    assert rows["masked"][0].endswith("⚠") and rows["none"][0].isdigit()
+    assert "zero input gradients" in rows["masked"][cols_of(md).index("sanity flags")]
+    assert "seen: something" in md  # the detail, in the footnote
+    assert "McNemar" in md  # the rule is stated
+    html = render_html(tables)
+    assert 'class="badge unreliable" title="unreliable evaluation: zero input gradients"' in html
+    assert "McNemar" in html
+    rows_json = json.loads(render_json(tables))
+    assert {r["defense"]: r["flagged"] for r in rows_json} == {"none": False, "masked": True}
+    assert all(not k.startswith("_") for r in rows_json for k in r)

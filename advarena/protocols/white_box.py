@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import torch
+
 from ..api import Protocol
 from ..errors import ParameterError
 from ..evaluation import EvalContext, accuracy_measurement
+from ..models import loss_gradient
 from ..params import param
 
 
@@ -24,12 +27,31 @@ class WhiteBox(Protocol):
       classifies both the clean input and the attack's output correctly, so robust accuracy
       can never exceed clean accuracy (the convention of RobustBench).
     * ``worst_case_accuracy`` (per eps): robust only if *every* attack failed on that example;
-      the record at ``headline_eps`` is marked ``headline`` for the leaderboard.
+      the record at ``headline_eps`` is marked ``headline``. Score-based attacks (Square: many
+      queries per example) run only at ``score_eps`` where it is set (it must hold the headline
+      eps), so the worst case at other eps is over the gradient attacks alone. The leaderboard
+      ranks by the headline of :mod:`advarena.headline`, which adds the transfer attacks.
     * ``repeated_error_rate`` (per ``repeated`` attack): 003 sec. 4.4's "additional attacks" on
       the robust learner: the attacker attacks the defended model again with attacks of its
       own choosing (003: coordinate greedy and Adam, which search for a minimal perturbation
       within their iteration budget); the record is the share of examples that end up
       misclassified (clean errors included, as 003's error rates are).
+
+    * ``zero_gradient_share`` and ``nonfinite_gradient_share``: among the correctly classified
+      examples (``n`` is their count), the share whose input gradient of the cross-entropy is
+      exactly zero everywhere, or has a NaN/inf entry. Gradient attacks are blind there
+      (Carlini et al. 2019, sec. 4.4: "the gradient is zero or uninformative"); the sanity flags
+      read these. Measured at the clean inputs, the point every attack starts from.
+
+    Non-finite outputs never score as robustness: a model whose logits on the clean inputs are
+    NaN or infinite fails the cell (its accuracy means nothing), and an adversarial input whose
+    logits are not finite counts as broken (``nonfinite_logits`` in the record's extra counts
+    them). A model whose input gradient is NaN/inf anywhere is attacked through
+    :class:`FiniteGradients` (non-finite gradient entries read as zero, the forward pass
+    unchanged): the gradient attacks then go blind instead of returning NaN inputs, the
+    ``non_finite`` sanity flag says so, and the score-based and transfer attacks of the
+    headline still see the model as it is. Each ``robust_accuracy`` record names its attack's ``access`` (``gradient`` or
+    ``score``) and ``loss`` (where the attack has one), which the headline groups by.
 
     Each record carries the per-example outcomes, so two defenses scored on the same examples
     can be compared with a paired test.
@@ -42,6 +64,8 @@ class WhiteBox(Protocol):
     eps: tuple[float, ...] = param((0.02, 0.05, 0.1, 0.2, 0.3), ge=0, help="eps sweep")
     headline_eps: float = param(0.1, ge=0, help="the eps the leaderboard ranks by")
     repeated: tuple[str, ...] = param((), help="003's additional attacks on the robust learner")
+    score_eps: tuple[float, ...] = param((), ge=0, help="eps at which score-based attacks run "
+                                         "(empty: the whole sweep)")
 
     def attack_names(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys((*self.attacks, *self.repeated)))
@@ -53,11 +77,22 @@ class WhiteBox(Protocol):
         if self.headline_eps not in self.eps:
             raise ParameterError(f"white-box: headline_eps {self.headline_eps} is not in the "
                                  f"eps sweep {list(self.eps)}")
+        if self.score_eps and (self.headline_eps not in self.score_eps
+                               or not set(self.score_eps) <= set(self.eps)):
+            raise ParameterError(f"white-box: score_eps {list(self.score_eps)} must lie in the "
+                                 f"eps sweep and hold headline_eps {self.headline_eps}")
 
     def evaluate(self, ctx: EvalContext):
         x, y = ctx.data.x, ctx.data.y
-        clean = ctx.correct(ctx.model, x, y)
+        clean, finite = _scored(ctx, x, y)
+        if not bool(finite.all()):
+            raise ValueError(f"the model returned NaN or infinite logits on "
+                             f"{int((~finite).sum())} of {len(x)} clean evaluation examples; "
+                             f"nothing it classifies can be scored")
         records = [accuracy_measurement("accuracy", clean)]
+        shares, any_nonfinite = _gradient_shares(ctx, x, y, clean)
+        records += shares
+        model = FiniteGradients(ctx.model) if any_nonfinite else ctx.model
         for name in self.attacks:
             if ctx.attack(name).threat_model.budget != "bounded":
                 raise ParameterError(f"white-box: attack '{name}' is not a bounded attack")
@@ -72,11 +107,21 @@ class WhiteBox(Protocol):
                 for name in self.attacks:
                     if ctx.attack(name).threat_model.norm != norm:
                         continue
-                    x_adv = ctx.run_attack(ctx.attack(name), ctx.model, x, y, eps=eps)
-                    robust = clean & ctx.correct(ctx.model, x_adv, y)
+                    attack = ctx.attack(name)
+                    if attack.threat_model.access == "score" and self.score_eps and not any(
+                            abs(eps - e) < 1e-12 for e in self.score_eps):
+                        continue
+                    x_adv = ctx.run_attack(attack, model, x, y, eps=eps)
+                    correct, finite = _scored(ctx, x_adv, y)
+                    robust = clean & correct & finite
                     worst &= robust
+                    extra = {"norm": norm, "access": attack.threat_model.access}
+                    if isinstance(getattr(attack, "loss", None), str):
+                        extra["loss"] = attack.loss
+                    if not bool(finite.all()):
+                        extra["nonfinite_logits"] = int((~finite).sum())
                     records.append(accuracy_measurement("robust_accuracy", robust, attack=name,
-                                                        eps=eps, norm=norm))
+                                                        eps=eps, **extra))
                     done += 1
                     ctx.progress("attacks", done, total)
                 records.append(accuracy_measurement("worst_case_accuracy", worst,
@@ -85,8 +130,58 @@ class WhiteBox(Protocol):
         for name in self.repeated:
             attack = ctx.attack(name)
             eps = None if attack.threat_model.budget == "minimal" else attack.default_eps()
-            x_adv = ctx.run_attack(attack, ctx.model, x, y, eps=eps)
+            x_adv = ctx.run_attack(attack, model, x, y, eps=eps)
             records.append(accuracy_measurement("repeated_error_rate",
                                                 ~(clean & ctx.correct(ctx.model, x_adv, y)),
                                                 attack=name, eps=eps))
         return records
+
+
+class _ZeroNonFinite(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.where(torch.isfinite(grad), grad, torch.zeros_like(grad))
+
+
+class FiniteGradients(torch.nn.Module):
+    """``model`` with non-finite entries of its input gradient replaced by zero."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.bounds = model.bounds
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(_ZeroNonFinite.apply(x))
+
+
+def _scored(ctx: EvalContext, x: torch.Tensor, y: torch.Tensor
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(correctly classified, logits finite) per example, batched, without gradients."""
+    correct, finite = [], []
+    with torch.no_grad():
+        for i in range(0, len(x), ctx.batch_size):
+            logits = ctx.model(x[i:i + ctx.batch_size])
+            correct.append(logits.argmax(1) == y[i:i + ctx.batch_size])
+            finite.append(torch.isfinite(logits).all(1))
+    if not correct:
+        empty = torch.zeros(0, dtype=torch.bool, device=x.device)
+        return empty, empty
+    return torch.cat(correct), torch.cat(finite)
+
+
+def _gradient_shares(ctx: EvalContext, x: torch.Tensor, y: torch.Tensor,
+                     clean: torch.Tensor) -> tuple[list, bool]:
+    """Zero and non-finite input gradients among the correctly classified examples, and
+    whether any example's gradient is non-finite."""
+    grad = loss_gradient(ctx.model, x, y, ctx.batch_size).flatten(1)
+    nonfinite = ~torch.isfinite(grad).all(1)
+    zero = (grad == 0).all(1) & ~nonfinite
+    return [accuracy_measurement(metric, mask[clean], denominator="correctly classified")
+            for metric, mask in (("zero_gradient_share", zero),
+                                 ("nonfinite_gradient_share", nonfinite))], \
+        bool(nonfinite.any())

@@ -95,7 +95,8 @@ from ..text import markdown
 PROPORTIONS = frozenset({
     "accuracy", "robust_accuracy", "worst_case_accuracy", "transfer_accuracy",
     "worst_transfer_accuracy", "adv_accuracy", "true_accuracy", "accuracy_at_eps_ref",
-    "success_rate"})
+    "success_rate", "headline_accuracy", "white_box_only_accuracy", "score_only_accuracy",
+    "transfer_only_accuracy"})
 MEANS = frozenset({
     "rho_2", "empirical_robustness", "rho_inf", "cw_l2", "distortion", "training_set_distance",
     "loss_sensitivity", "fgsm_loss"})
@@ -106,7 +107,8 @@ HIGHER_IS_BETTER = frozenset(PROPORTIONS - {"success_rate"} | {
     "final_val_accuracy", "rho_2", "empirical_robustness", "rho_inf", "cw_l2", "distortion",
     "training_set_distance"})
 LOWER_IS_BETTER = frozenset({
-    "success_rate", "loss_sensitivity", "fgsm_loss", "loss_landscape", "overhead",
+    "success_rate", "zero_gradient_share", "nonfinite_gradient_share",
+    "loss_sensitivity", "fgsm_loss", "loss_landscape", "overhead",
     "total_overhead", "passes_per_example", "forward_per_example", "backward_per_example",
     "data_copies", "median_epoch_seconds", "total_seconds"})
 # Protocols whose accuracies are over a subset selected by trained models: equal n does not mean

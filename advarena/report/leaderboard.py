@@ -48,10 +48,12 @@ import jinja2
 import markupsafe
 
 from ..errors import AdvarenaError
+from ..evaluation import unpack_outcomes
 from ..plugins import Registry
 from ..store import Store
 from ..text import markdown as _md
 from ..text import printable
+from .compare import mcnemar_exact
 
 ACCURACY_METRICS = {"accuracy", "robust_accuracy", "worst_case_accuracy", "transfer_accuracy",
                     "worst_transfer_accuracy", "adv_accuracy", "true_accuracy",
@@ -243,6 +245,10 @@ def _seed_entry(model: _Model, head: dict, registry: Registry | None) -> dict[st
                      and pred(r)), None)
 
     clean = one("white-box", "accuracy")
+    near_eps = lambda r: _finite(r.get("eps")) and abs(r["eps"] - eps) < 1e-12  # noqa: E731
+    headline_rs = {r["metric"]: r for r in rs if r["protocol"] == "headline" and near_eps(r)
+                   and (r["extra"] or {}).get("norm", "linf") == norm}
+    headline = headline_rs.get("headline_accuracy")
     per_attack = {m["attack"]: _stat(m) for m in wb if m["metric"] == "robust_accuracy"
                   and m["eps"] == eps and m["extra"].get("norm", norm) == norm}
     # black-box: worst case over substitutes and attacks, if those attacks have this norm
@@ -281,10 +287,17 @@ def _seed_entry(model: _Model, head: dict, registry: Registry | None) -> dict[st
                    and abs(r["extra"]["fraction"] - 1.0) < 1e-9), None)
     cost = {r["metric"]: r for r in rs if r["protocol"] == "training-cost"}
     flags = [{"name": r["metric"].removeprefix("flag_"), "raised": r["value"] >= 0.5,
-              "detail": str(r["extra"].get("detail", ""))}
-             for r in rs if r["protocol"] == "sanity" and r["metric"].startswith("flag_")]
+              "detail": str(r["extra"].get("detail", "")),
+              "summary": str(r["extra"].get("summary") or r["metric"].removeprefix("flag_"))}
+             for r in rs if _is_sanity(r) and r["metric"].startswith("flag_")]
+    groups = (headline or {}).get("extra", {}).get("attacks") or {}
     return {
         "clean_accuracy": _stat(clean), "robust_accuracy": _stat(head),
+        "headline": _stat(headline, attacks=groups) if headline else None,
+        "white_box": _stat(headline_rs.get("white_box_only_accuracy")),
+        "score_based": _stat(headline_rs.get("score_only_accuracy")),
+        "transfer": _stat(headline_rs.get("transfer_only_accuracy")),
+        "_bits": _outcome_bits(headline),
         "per_attack": per_attack, "black_box": black_box, "ensemble": ensemble,
         "ensemble_kept": kept,
         "rho_2": _stat(one("minimal-perturbation", "rho_2")),
@@ -296,6 +309,22 @@ def _seed_entry(model: _Model, head: dict, registry: Registry | None) -> dict[st
            for k in ("median_epoch_seconds", "overhead", "passes_per_example", "data_copies")},
         "flags": flags,
     }
+
+
+def _is_sanity(r: dict) -> bool:
+    """Records of the sanity-flag cells (``sanity``, ``sanity-minimal``)."""
+    return r["protocol"] == "sanity" or str(r["protocol"]).startswith("sanity-")
+
+
+def _outcome_bits(r: dict | None) -> list[bool] | None:
+    packed = ((r or {}).get("extra") or {}).get("outcomes")
+    if not isinstance(packed, str):
+        return None
+    try:
+        bits = unpack_outcomes(packed)
+    except (TypeError, ValueError):
+        return None
+    return bits if len(bits) == r.get("n") else None
 
 
 def _member_arch(r: dict) -> str | None:
@@ -311,7 +340,8 @@ def _aggregate_row(entries: list[tuple[int, dict]]) -> dict[str, Any]:
     """Aggregate the seeds' entries of one row."""
     es = [e for _, e in entries]
     out: dict[str, Any] = {}
-    for k in ("clean_accuracy", "robust_accuracy", "black_box", "rho_2",
+    for k in ("clean_accuracy", "robust_accuracy", "headline", "white_box", "score_based",
+              "transfer", "black_box", "rho_2",
               "empirical_robustness", "accuracy_at_eps_ref", "loss_sensitivity",
               "overhead_interval"):
         out[k] = aggregate([e[k] for e in es])
@@ -329,7 +359,11 @@ def _aggregate_row(entries: list[tuple[int, dict]]) -> dict[str, Any]:
             if f["raised"]:
                 prefix = f"seed {seed}: " if len(entries) > 1 else ""
                 raised[f["name"]].append(prefix + f["detail"])
-    out["flags"] = [{"name": n, "detail": "; ".join(d)} for n, d in sorted(raised.items())]
+    summaries = {f["name"]: f["summary"] for _, e in entries for f in e["flags"]}
+    out["flags"] = [{"name": n, "detail": "; ".join(d), "summary": summaries.get(n, n)}
+                    for n, d in sorted(raised.items())]
+    # per seed, the headline's per-example outcomes (the paired comparison of the ranking)
+    out["_bits"] = {seed: e["_bits"] for seed, e in entries if e["_bits"] is not None}
     out["sanity_checked"] = any(e["flags"] for e in es)
     return out
 
@@ -364,11 +398,7 @@ def _build_tables(col: _Collected, registry: Registry | None) -> list[dict[str, 
                    "detail": {"html": f"{DETAILS_DIR}/{slug}.html",
                               "md": f"{DETAILS_DIR}/{slug}.md"}}
             rows.append(row)
-        for r in rows:
-            r["rank"] = 1 + sum(1 for o in rows if _above(o["robust_accuracy"],
-                                                          r["robust_accuracy"]))
-        rows.sort(key=lambda r: (-r["robust_accuracy"]["value"], r["defense"],
-                                 json.dumps(r["params"], sort_keys=True), r["architecture"]))
+        rank_rows(rows)
         out.append({"dataset": dataset, "threat_model": norm, "eps": eps, "rows": rows,
                     "attacks": sorted({a for r in rows for a in r["per_attack"]})})
     return out
@@ -378,6 +408,69 @@ def _above(a: dict | None, b: dict | None) -> bool:
     """a's interval lies entirely above b's."""
     return bool(a and b and a.get("ci_low") is not None and b.get("ci_high") is not None
                 and a["ci_low"] > b["ci_high"])
+
+
+RANK_ALPHA = 0.05
+
+
+def ranking_stat(row: dict) -> dict:
+    """The number a row is ranked by: its headline, else (a store without headline cells) the
+    white-box worst case."""
+    return row.get("headline") or row["robust_accuracy"]
+
+
+def _significantly_better(a: dict, b: dict) -> bool:
+    """Row ``a`` beats row ``b`` on the ranking number: by the exact McNemar test of
+    :func:`advarena.report.compare.mcnemar_exact` on the per-example outcomes (pooled over
+    the seeds both rows have, which are the same examples), two-sided, at ``RANK_ALPHA``;
+    where the outcomes cannot be paired, by interval separation."""
+    bits_a, bits_b = a.get("_bits") or {}, b.get("_bits") or {}
+    seeds = sorted(set(bits_a) & set(bits_b))
+    sa, sb = ranking_stat(a), ranking_stat(b)
+    if seeds and len(seeds) == len(a.get("seeds") or seeds) == len(b.get("seeds") or seeds) \
+            and all(len(bits_a[s]) == len(bits_b[s]) for s in seeds):
+        only_a = sum(x and not y for s in seeds for x, y in zip(bits_a[s], bits_b[s]))
+        only_b = sum(y and not x for s in seeds for x, y in zip(bits_a[s], bits_b[s]))
+        return only_a > only_b and mcnemar_exact(only_b, only_a) < RANK_ALPHA
+    return _above(sa, sb)
+
+
+def _beats(a: dict, b: dict) -> bool:
+    """Whether row ``a`` ranks above row ``b`` (the rule in :func:`rank_rows`)."""
+    fa, fb = bool(a.get("flags")), bool(b.get("flags"))
+    if fa and not fb:
+        return _above(ranking_stat(a), ranking_stat(b))  # a flagged row must clear b
+    if fb and not fa:
+        return not _above(ranking_stat(b), ranking_stat(a))
+    return _significantly_better(a, b)
+
+
+def rank_rows(rows: list[dict]) -> None:
+    """Rank and order the rows of one table, in place.
+
+    The rule (stated on the leaderboards too): every row is ranked by its headline accuracy.
+    Row A is above row B when A is significantly better by the exact McNemar test on the
+    per-example headline outcomes (every row is scored on the same examples; two-sided, alpha
+    0.05 per pair, as ``advarena compare``); rows neither of which is significantly better
+    share a rank. A row with a raised sanity flag (an unreliable evaluation) is above an
+    unflagged row only if its headline interval lies entirely above the unflagged row's
+    (it "clears" it); otherwise it is below it. A row's rank is 1 + the number of rows above
+    it, raised where needed so that it is ranked below every row above it (the paired test is
+    not transitive). Rows are listed by rank, then by headline accuracy.
+    """
+    above = {id(r): [o for o in rows if o is not r and _beats(o, r)] for r in rows}
+    for r in rows:
+        r["rank"] = 1 + len(above[id(r)])
+    for _ in range(len(rows)):  # longest path; the relation has no cycle on equal n
+        changed = False
+        for r in rows:
+            need = max([r["rank"], *(o["rank"] + 1 for o in above[id(r)])])
+            if need != r["rank"]:
+                r["rank"], changed = need, True
+        if not changed:
+            break
+    rows.sort(key=lambda r: (r["rank"], -ranking_stat(r)["value"], r["defense"],
+                             json.dumps(r["params"], sort_keys=True), r["architecture"]))
 
 
 def build_tables(store: Store, registry: Registry | None = None) -> list[dict[str, Any]]:
@@ -469,12 +562,12 @@ def _build_details(col: _Collected, tables: list[dict],
                     "ci_low": r["ci_low"] if _finite(r["ci_low"]) else None,
                     "ci_high": r["ci_high"] if _finite(r["ci_high"]) else None,
                     "n": r["n"], "accuracy": r["metric"] in ACCURACY_METRICS,
-                    "note": r["extra"].get("detail", "") if r["protocol"] == "sanity"
+                    "note": r["extra"].get("detail", "") if _is_sanity(r)
                     else _extra_text(r["extra"])})
         flags = []
         for m in models:
             for r in m.records:
-                if r["protocol"] == "sanity" and r["metric"].startswith("flag_"):
+                if _is_sanity(r) and r["metric"].startswith("flag_"):
                     flags.append({"seed": m.key[4], "name": r["metric"].removeprefix("flag_"),
                                   "raised": r["value"] >= 0.5,
                                   "detail": str(r["extra"].get("detail", ""))})
@@ -488,6 +581,7 @@ def _build_details(col: _Collected, tables: list[dict],
             "ranks": [{"dataset": t["dataset"], "threat_model": t["threat_model"],
                        "eps": t["eps"], "rank": r["rank"], "of": len(t["rows"]),
                        "robust_accuracy": r["robust_accuracy"],
+                       "headline": ranking_stat(r), "flagged": bool(r.get("flags")),
                        "clean_accuracy": r["clean_accuracy"]} for t, r in rows_by_id[slug]],
             "flags": flags,
             "provenance": provenance,
@@ -599,10 +693,16 @@ def _decision_boundary(col: _Collected, models: list[_Model], detail: dict, path
 # bootstrap interval, "ratio" the overhead, "plain" a bare number.
 _COLUMNS = [
     ("clean_accuracy", "clean", "clean accuracy (%)", "acc"),
-    ("robust_accuracy", "white-box", "worst case over the white-box attacks at the headline eps "
-     "(%): an example counts only if every attack failed on it; the ranking column", "head"),
-    ("black_box", "black-box", "worst case over the black-box substitutes and their attacks "
-     "(%), at the eps closest to the headline", "acc"),
+    ("headline", "headline", "worst case over every bounded attack at the headline eps (%): "
+     "the white-box gradient attacks (every loss), the score-based attacks and the black-box "
+     "transfer attacks; an example counts only if every attack failed on it; the ranking "
+     "column (without a headline cell: the white-box worst case)", "head"),
+    ("white_box", "white-box", "worst case over the white-box gradient attacks alone at the "
+     "headline eps (%)", "acc"),
+    ("score_based", "score-based", "worst case over the score-based attacks alone (no "
+     "gradients, e.g. Square) at the headline eps (%)", "acc"),
+    ("black_box", "transfer", "worst case over the black-box transfer attacks alone (%), "
+     "crafted on substitutes, at the headline eps (else at the eps closest to it)", "acc"),
     ("ensemble", "Adv. ×", 'ensemble transfer "Adv." accuracy (%) on the examples every '
      "member misclassifies, at the eps closest to the headline (000 Table II)", "acc"),
     ("rho_2", "ρ₂", "mean ||Δ||₂/||x||₂ under DeepFool (002 eq. 7)", "mean"),
@@ -617,6 +717,12 @@ _COLUMNS = [
     ("passes_per_example", "passes", "forward + backward passes per original training example "
      "and epoch", "plain"),
 ]
+
+
+# column -> (its field, the field shown where the row has no headline cell)
+_FALLBACK = {"headline": ("headline", "robust_accuracy"),
+             "white_box": ("white_box", "robust_accuracy"),
+             "black_box": ("transfer", "black_box")}
 
 
 def _fmt_num(v: float | None, spec: str = ".3g") -> str:
@@ -715,7 +821,16 @@ def _table_view(t: dict) -> dict[str, Any]:
                                 "eps": _eps_list(eps)})
                 getters.append((lambda r, s=s: (r.get("ensemble") or {}).get(s), "acc"))
             continue
-        if cid == "overhead_interval":
+        if cid in _FALLBACK:
+            # a row without a headline cell (an older store): the white-box worst case and the
+            # black-box worst transfer at the eps closest to the headline stand in
+            def get(r, cid=cid):
+                own, fallback = _FALLBACK[cid]
+                st = r.get(own)
+                if st is None and (own == "transfer" or r.get("headline") is None):
+                    st = r.get(fallback)
+                return st
+        elif cid == "overhead_interval":
             def get(r):
                 st = r.get("overhead_interval")
                 if st is None and _finite(r.get("overhead")):
@@ -729,7 +844,7 @@ def _table_view(t: dict) -> dict[str, Any]:
                         "eps": _eps_list(eps) if cid == "black_box" else ""})
         getters.append((get, kind))
     keep = [i for i, (get, _) in enumerate(getters)
-            if columns[i]["id"] in ("clean_accuracy", "robust_accuracy")
+            if columns[i]["id"] in ("clean_accuracy", "headline")
             or any(get(r) is not None for r in rows)]
     view_rows = []
     for r in rows:
@@ -738,6 +853,8 @@ def _table_view(t: dict) -> dict[str, Any]:
             "cells": [_cell(getters[i][0](r), getters[i][1],
                             len(r.get("seeds") or [0])) for i in keep],
             "flags": r.get("flags") or [], "checked": r.get("sanity_checked"),
+            "reasons": "; ".join(f.get("summary") or f.get("name", "")
+                                 for f in r.get("flags") or []),
             "seeds": r.get("seeds") or ([r["seed"]] if "seed" in r else []),
             "tie": sum(1 for o in rows if o.get("rank") == r.get("rank")) > 1,
             "detail_html": (r.get("detail") or {}).get("html"),
@@ -826,7 +943,9 @@ def _clean(v: Any) -> Any:
 
 def render_json(tables: list[dict]) -> str:
     """One record per leaderboard row, with its table's dataset, threat model and eps."""
-    rows = [dict(row, dataset=t["dataset"], threat_model=t["threat_model"], eps=t["eps"])
+    rows = [{**{k: v for k, v in row.items() if not k.startswith("_")},
+             "dataset": t["dataset"], "threat_model": t["threat_model"], "eps": t["eps"],
+             "flagged": bool(row.get("flags"))}
             for t in tables for row in t["rows"]]
     return json.dumps(_clean(rows), indent=1, allow_nan=False)
 
