@@ -23,7 +23,7 @@ FAST = {"pgd": {"steps": 10}, "pgd-l2": {"steps": 10}, "ifgsm": {"steps": 10},
         "square": {"n_queries": 200}, "square-l2": {"n_queries": 200},
         "cw-l2": {"steps": 30, "binary_search_steps": 3},
         "coordinate-greedy": {"steps": 100}, "adam-evasion": {"steps": 100},
-        "deepfool": {"max_iter": 20}}
+        "deepfool": {"max_iter": 20}, "fab": {"steps": 10}}
 EPS = {"linf": (0.05, 0.2), "l2": (0.5, 1.5), "l0": (None, None)}
 N = 60
 

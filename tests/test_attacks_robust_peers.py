@@ -229,6 +229,48 @@ def test_pgd_l2_without_random_start_agrees_with_foolbox(digits):
     assert_agree(accuracy(model, ours_x, y), accuracy(model, fb_x, y), "foolbox L2PGD")
 
 
+@pytest.mark.parametrize("steps", [10, 30])
+def test_fab_agrees_with_torchattacks(digits, steps):
+    """Robust accuracy at eps from the minimal Linf distances, and the distances themselves:
+    both run the same deterministic algorithm from the clean input (torchattacks with a large
+    eps returns every success; ours solves the projection by bisection, the authors by
+    sorting)."""
+    import torchattacks
+
+    model, x, y = digits
+    ours_x = advarena.attack("fab", steps=steps)(model, x, y)
+    ours_norm = perturbation_norm(ours_x - x, "linf")
+    ours_found = predict(model, ours_x) != y
+    robust = (~ours_found | (ours_norm > EPS_LINF + 1e-6)).float().mean().item()
+    peer = torchattacks.FAB(model, norm="Linf", eps=EPS_LINF, steps=steps, n_restarts=1,
+                            n_classes=10)
+    assert_agree(robust, accuracy(model, peer(x, y), y), "torchattacks.FAB(Linf)")
+    peer_x = torchattacks.FAB(model, norm="Linf", eps=1.0, steps=steps, n_restarts=1,
+                              n_classes=10)(x, y)
+    peer_found = predict(model, peer_x) != y
+    both = ours_found & peer_found & (predict(model, x) == y)
+    assert both.float().mean() > 0.8
+    peer_norm = perturbation_norm(peer_x - x, "linf")
+    close = ((ours_norm[both] - peer_norm[both]).abs() <= 0.02 * peer_norm[both] + 1e-6)
+    assert close.float().mean() >= 1 - TOL
+
+
+def test_fab_projection_known_answer():
+    """Smallest Linf step onto <w, delta> = c inside the box: unclipped it is c/||w||_1 times
+    sign(w); with a coordinate at the box edge the others make up for it."""
+    from advarena_attacks.fab import project_linf_box
+
+    w = torch.tensor([[1.0, -2.0, 1.0]])
+    t = torch.tensor([[0.5, 0.5, 0.5]])
+    d = project_linf_box(t, w, torch.tensor([0.4]), (0.0, 1.0))
+    torch.testing.assert_close(d, torch.tensor([[0.1, -0.1, 0.1]]), atol=1e-6, rtol=0)
+    # The second coordinate can only move by 0.05 downwards: the others take 0.15 each.
+    t = torch.tensor([[0.5, 0.05, 0.5]])
+    d = project_linf_box(t, w, torch.tensor([0.4]), (0.0, 1.0))
+    torch.testing.assert_close(d, torch.tensor([[0.15, -0.05, 0.15]]), atol=1e-6, rtol=0)
+    assert abs(float((w * d).sum()) - 0.4) < 1e-6
+
+
 # --- known answer: the margin/score-based attacks see through logit scaling --------------------
 
 @pytest.mark.parametrize("name, params, eps", [

@@ -66,6 +66,12 @@ class SquareLinf(SquareBase):
       (``_square.COMPACT_EVERY``), never per query; fooled examples carried along until then are
       frozen and not counted.
 
+    Peers: stronger than torchattacks.Square (AutoAttack's code) by about 10 points of robust
+    accuracy on 8x8 digits (eps 0.1, 1000 queries: 0.46 against 0.57), because the authors'
+    corner draw never moves the last row and column; with that draw and their habit of querying
+    unchanged candidates patched in, the two agree within 2 points (averaged over 6 seeds,
+    tests/test_attacks_robust_peers.py).
+
     Parameters:
         eps (float, 0.3): Linf budget.
         n_queries (int, 5000): query budget per example, the initial point included

@@ -81,6 +81,11 @@ class SquareL2(SquareBase):
     * Inputs that are not images are viewed as ``(B, 1, 1, D)``.
     * The active set is compacted at powers of two and every 64 queries, as in ``square``.
 
+    Peers: stronger than torchattacks.Square(norm='L2') by about 10 points of robust accuracy on
+    8x8 digits (eps 0.5, 1000 queries: 0.55 against 0.665), for the corner draw explained in
+    ``square``; with the authors' draw patched in the two agree within 2 points
+    (tests/test_attacks_robust_peers.py).
+
     Parameters:
         eps (float, 0.5): L2 budget (as ``fgsm-l2``'s scale on 8x8 digits; AutoAttack uses 0.5
             on CIFAR-10).
