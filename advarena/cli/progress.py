@@ -1,4 +1,8 @@
-"""A rich progress display that listens to the run's observer hooks."""
+"""A rich progress display that listens to the run's observer hooks.
+
+The ETA is the mean time of the cells run so far (cells served from the store take none)
+times the cells still to come: an estimate that sharpens as cells finish. Rich's own remaining
+time would extrapolate from the first seconds, where stored cells finish in a burst."""
 
 from __future__ import annotations
 
@@ -17,10 +21,15 @@ class RichProgress:
         self.console = console
         self.quiet = quiet
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                 MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                                 MofNCompleteColumn(), TimeElapsedColumn(),
+                                 TextColumn("{task.fields[eta]}"), console=console,
                                  transient=True, disable=quiet)
         self.run_task = None
         self.cell_task = None
+        self.total = 0
+        self.finished = 0
+        self.ran = 0
+        self.ran_seconds = 0.0
 
     def __enter__(self) -> "RichProgress":
         self.progress.start()
@@ -29,15 +38,30 @@ class RichProgress:
     def __exit__(self, *exc) -> None:
         self.progress.stop()
 
+    def eta_seconds(self) -> float | None:
+        """Mean seconds of the cells run so far times the cells left; None before any ran."""
+        if not self.ran:
+            return None
+        return self.ran_seconds / self.ran * max(0, self.total - self.finished)
+
+    def eta_text(self) -> str:
+        eta = self.eta_seconds()
+        if eta is None:
+            return "ETA: after the first cell"
+        minutes, secs = divmod(int(round(eta)), 60)
+        return f"ETA ~{minutes}:{secs:02d}" if minutes else f"ETA ~{secs}s"
+
     @hookimpl
     def advarena_run_started(self, run_id, total_cells):
-        self.run_task = self.progress.add_task(f"run {run_id}", total=total_cells)
+        self.total = total_cells
+        self.run_task = self.progress.add_task(f"run {run_id}", total=total_cells,
+                                               eta="ETA: after the first cell")
 
     @hookimpl
     def advarena_cell_started(self, cell):
         if self.cell_task is not None:
             self.progress.remove_task(self.cell_task)
-        self.cell_task = self.progress.add_task(f"  {cell.title}", total=None)
+        self.cell_task = self.progress.add_task(f"  {cell.title}", total=None, eta="")
 
     @hookimpl
     def advarena_cell_progress(self, cell, stage, done, total):
@@ -50,8 +74,12 @@ class RichProgress:
         if self.cell_task is not None:
             self.progress.remove_task(self.cell_task)
             self.cell_task = None
+        self.finished += 1
+        if status == "done":
+            self.ran += 1
+            self.ran_seconds += seconds
         if self.run_task is not None:
-            self.progress.advance(self.run_task)
+            self.progress.update(self.run_task, advance=1, eta=self.eta_text())
         if self.quiet:
             return
         if status == "done":
