@@ -81,6 +81,18 @@ def open_for_reading(path: str | Path) -> Store:
     return Store.open(root, readonly=True)
 
 
+def _model_key(cells: dict[str, dict], cell_key: str) -> str | None:
+    """The train cell of the model a cell evaluated (a flags cell through its own model's
+    eval cells)."""
+    deps = (cells.get(cell_key) or {}).get("spec", {}).get("deps", {})
+    if not isinstance(deps, dict):
+        return None
+    if "model" in deps:
+        return deps["model"]
+    own = [k for role, k in sorted(deps.items()) if role.startswith("eval:")]
+    return _model_key(cells, own[0]) if own else None
+
+
 def result_rows(store: Store) -> list[dict[str, Any]]:
     """One flat dict per metric record: the export keys, then labels and provenance (the
     evaluated model's train cell and weights, whether it is an external model and its hashes,
@@ -91,8 +103,7 @@ def result_rows(store: Store) -> list[dict[str, Any]]:
     for m in store.metrics():
         ck = m["cell_key"]
         if ck not in model_of:
-            deps = (cells.get(ck) or {}).get("spec", {}).get("deps", {})
-            mk = deps.get("model") if isinstance(deps, dict) else None
+            mk = _model_key(cells, ck)
             train = cells.get(mk or "") or {}
             ext = train.get("spec", {}).get("external") or {}
             model_of[ck] = {
