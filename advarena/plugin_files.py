@@ -46,6 +46,8 @@ def use_plugin_files(paths: Iterable[str | Path]) -> list:
     """Register the files' modules for this process's default registry (replacing any set
     before) and build it, so that any problem is reported now, naming the file."""
     modules = list({id(m): m for m in (load_plugin_file(p) for p in paths)}.values())
+    if not modules and not plugins.PLUGIN_FILES:
+        return []
     previous = list(plugins.PLUGIN_FILES)
     plugins.PLUGIN_FILES[:] = modules
     plugins.default_registry.cache_clear()

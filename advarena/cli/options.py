@@ -6,10 +6,9 @@ import click
 
 
 def _load_plugins(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]):
-    if value:
-        from ..plugin_files import use_plugin_files
+    from ..plugin_files import use_plugin_files
 
-        use_plugin_files(value)
+    use_plugin_files(value)  # also forgets the files of an earlier command in this process
     return value
 
 
