@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import advarena
-from advarena.errors import ThreatModelViolation
+from advarena.errors import ParameterError, ThreatModelViolation
 from tests.test_cli import invoke
 
 TINY = Path(__file__).parent / "suites" / "tiny.toml"
@@ -61,8 +61,10 @@ def test_one_hot_labels_are_their_classes(plain):
     assert torch.equal(fgsm(model, x, nn.functional.one_hot(y, 10)), fgsm(model, x, y))
     with pytest.raises(ValueError, match="one-hot"):
         fgsm(model, x, torch.rand(len(x), 10) * 3)
-    with pytest.raises(ValueError, match="labels"):
+    with pytest.raises(ParameterError, match="inputs but"):
         fgsm(model, x, y[:-1])
+    with pytest.raises(ValueError, match="labels"):
+        fgsm(model, x, y[:, None, None])
 
 
 def test_inputs_outside_the_box_are_the_callers_error(plain):
