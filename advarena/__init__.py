@@ -79,10 +79,9 @@ def evaluate(model: Any, dataset: str | None = None, suite: str = "quick", *,
 
     from rich.console import Console
 
-    from .cli.evaluate_command import dataset_info
     from .cli.run_command import execute_run
     from .errors import AdvarenaError
-    from .external import resolve
+    from .external import dataset_info, resolve
     from .suite import load_suite
 
     chosen = {}

@@ -34,9 +34,7 @@ import copy
 import dataclasses
 import hashlib
 import importlib
-import importlib.util
 import inspect
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -98,24 +96,16 @@ def describe_source(source: dict[str, Any]) -> str:
 def _module_from_file(path: Path) -> Any:
     """Import ``path`` under a prefixed name derived from its location (one module per file
     and process; nothing added to ``sys.path``)."""
+    from .runner import _load_module
+
     resolved = path.resolve()
     digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:10]
     stem = "".join(c if c.isalnum() else "_" for c in resolved.stem)
-    name = f"advarena_external_{stem}_{digest}"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, resolved)
-    if spec is None or spec.loader is None:
-        raise ExternalModelError(f"cannot load {path} as Python; pass --model FILE.py:FACTORY")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
-    except BaseException as exc:
-        del sys.modules[name]
+        return _load_module(f"advarena_external_{stem}_{digest}", str(resolved))
+    except Exception as exc:
         raise ExternalModelError(f"importing {path} failed: {type(exc).__name__}: "
-                                 f"{exc}") from None
-    return module
+                                 f"{' '.join(str(exc).split())}") from None
 
 
 def _source_hash_of_module(module: Any) -> str:
@@ -314,6 +304,13 @@ def _check_label(label: str, registry: Any) -> str:
         return label
     raise ExternalModelError(f"--name {label} is the name of a defense; pick another label so "
                              f"the rows stay apart")
+
+
+def dataset_info(registry: Any, suite: Any, name: str, data_dir: Path | None,
+                 download: bool) -> DatasetInfo:
+    """The :class:`DatasetInfo` of dataset ``name`` with the suite's parameters."""
+    ds = registry.create("datasets", name, **suite.dataset_params.get(name, {}))
+    return ds.load(data_dir, download).info
 
 
 def _runtime_source(ext: dict[str, Any]) -> dict[str, Any]:

@@ -10,38 +10,22 @@ import click
 from .options import override_options, overrides_of, plugin_option
 
 
-def dataset_info(reg, suite, name: str, data_dir: Path | None, download: bool):
-    ds = reg.create("datasets", name, **suite.dataset_params.get(name, {}))
-    return ds.load(data_dir, download).info
-
-
 @click.command("evaluate")
 @click.option("--model", "model", required=True, metavar="FILE.py:FACTORY|MODULE:FACTORY|NAME",
               help="The model: a factory in a Python file or an importable module (called "
                    "with the dataset's info if it takes an argument, returning an nn.Module), "
-                   "or the name of a published model ('advarena list models').")
+                   "or the name of a published model ('advarena list models'). Example: "
+                   "--model my_net.py:make_model")
 @click.option("--weights", type=click.Path(path_type=Path), default=None,
               metavar="W.safetensors",
               help="The module's state dict as safetensors (never unpickled); default: the "
-                   "factory's own weights.")
+                   "factory's own weights. Example: --weights net.safetensors")
 @click.option("--dataset", "dataset", default=None,
               help="The dataset it classifies (default: a published model's own, else the "
-                   "suite's first).")
-@click.option("--name", "name", default=None, help="Its label on the leaderboard (default: "
-                                                    "the factory's or model's name).")
-@click.option("--suite", default="quick", show_default=True,
-              help="A shipped suite name or a path to a suite TOML file.")
-@click.option("--protocol", "protocols", multiple=True, help="Restrict to these protocols.")
-@click.option("--store", "store_dir", default=".advarena", show_default=True,
-              type=click.Path(path_type=Path), help="Result store directory.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
-@click.option("--seed", type=int, default=None, help="Run this seed instead of the suite's.")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-              help="Where on-disk datasets (mnist, cifar10, ...) live.")
-@click.option("--download", is_flag=True, help="Allow downloading on-disk datasets.")
-@click.option("--output", type=click.Path(path_type=Path), default=None,
-              help="Export every stored metric record as JSON to this file.")
-@click.option("--quiet", is_flag=True, help="No progress display.")
+                   "suite's first). Example: --dataset digits")
+@click.option("--name", "name", default=None,
+              help="Its label on the leaderboard (default: the factory's or model's name). "
+                   "Example: --name my-resnet")
 @override_options
 @plugin_option
 def evaluate_cmd(model, weights, dataset, name, suite, protocols, store_dir, device, seed,
@@ -57,10 +41,10 @@ def evaluate_cmd(model, weights, dataset, name, suite, protocols, store_dir, dev
       advarena evaluate --model my_net.py:make_model --weights net.safetensors --dataset digits
       advarena evaluate --model mypkg.models:resnet --weights r.safetensors --name my-resnet \\
           --suite cifar10 --data-dir ~/data --device cuda
-      advarena evaluate --model digits-cnn-001 --examples 100 --eps 0.1
+      advarena evaluate --model their-model --plugin zoo.py --examples 100 --eps 0.1
     """
     from ..errors import AdvarenaError
-    from ..external import resolve
+    from ..external import dataset_info, resolve
     from ..plugins import default_registry
     from ..suite import load_suite
     from .main import console
@@ -92,3 +76,21 @@ def published_dataset(reg, model: str) -> str | None:
         return getattr(reg.get("models", model), "dataset", "") or None
     except Exception:  # not a published name: resolve() explains
         return None
+
+
+# The options evaluate shares with run (suite, protocol, store, device, seed, data, output,
+# quiet): the same objects, so they read and validate the same.
+_SHARED = ("suite", "protocols", "store_dir", "device", "seed", "data_dir", "download", "output",
+           "quiet")
+
+
+def _share_run_options() -> None:
+    from .main import run_cmd
+
+    own = [p for p in evaluate_cmd.params if p.name in ("model", "weights", "dataset", "name")]
+    shared = [p for p in run_cmd.params if p.name in _SHARED]
+    rest = [p for p in evaluate_cmd.params if p not in own]
+    evaluate_cmd.params[:] = [*own, *shared, *rest]
+
+
+_share_run_options()

@@ -11,9 +11,11 @@ import click
 @click.option("--store", "store_dir", default=".advarena", show_default=True,
               type=click.Path(path_type=Path), help="Result store directory (read only).")
 @click.option("--format", "fmt", type=click.Choice(["csv", "json", "parquet"]), default="csv",
-              show_default=True, help="Table format (parquet needs pyarrow).")
+              show_default=True,
+              help="Table format (parquet needs pyarrow). Example: --format json")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None,
-              help="File to write (default: standard output; parquet needs a file).")
+              help="File to write (default: standard output; parquet needs a file). Example: "
+                   "--out results.csv")
 def export_cmd(store_dir: Path, fmt: str, out: Path | None) -> None:
     """Export the store's metric records, one row each: dataset, architecture, defense,
     params, seed, protocol, attack, eps, metric, value, n, ci_low, ci_high, then labels and
