@@ -54,8 +54,9 @@ def protocol(name: str, **params: Any):
 def evaluate(model: Any, dataset: str | None = None, suite: str = "quick", *,
              weights: str | None = None, name: str | None = None, store: str = ".advarena",
              device: str = "auto", protocols: list[str] | None = None, seed: int | None = None,
-             data_dir: str | None = None, download: bool = False, eps: str | None = None,
-             examples: int | None = None, sets: list[str] = ()):
+             data_dir: str | None = None, download: bool = False,
+             eps: float | list[float] | str | None = None, examples: int | None = None,
+             epochs: int | None = None, sets: list[str] = ()):
     """Evaluate a trained classifier through every protocol of ``suite``, never training it,
     and return its metric records as a pandas DataFrame (the columns of :func:`results`).
 
@@ -65,9 +66,10 @@ def evaluate(model: Any, dataset: str | None = None, suite: str = "quick", *,
     ``"FILE.py:FACTORY"`` / ``"package.module:FACTORY"`` / a published model's name, as
     ``advarena evaluate --model`` takes. ``weights``: a safetensors state dict to load into it.
     The reference and shared models are trained (or reused from ``store``) as for any
-    defense; the model's rows are marked ``external`` with its weights' SHA-256. ``eps``,
-    ``examples`` and ``sets`` override suite values as ``--eps``, ``--examples`` and ``--set``
-    do. Raises :class:`~advarena.errors.AdvarenaError` when a cell failed.
+    defense; the model's rows are marked ``external`` with its weights' SHA-256. ``eps``
+    (e.g. ``8/255`` or ``[0.05, 0.1]``), ``examples``, ``epochs`` (of the shared models) and
+    ``sets`` (``["attacks.pgd.steps=100"]``) override suite values as the command line's
+    ``--eps``, ``--examples``, ``--epochs`` and ``--set`` do. Raises :class:`~advarena.errors.AdvarenaError` when a cell failed.
 
     Example::
 
@@ -99,7 +101,8 @@ def evaluate(model: Any, dataset: str | None = None, suite: str = "quick", *,
                        store_dir=Path(store), device=device, seed=seed,
                        data_dir=Path(data_dir) if data_dir else None, download=download,
                        output=None, quiet=True,
-                       overrides={"sets": list(sets), "eps": eps, "examples": examples},
+                       overrides={"sets": list(sets), "eps": eps, "examples": examples,
+                                  "epochs": epochs},
                        externals=externals, summary_out=summary)
     if code != 0:
         first = (summary.get("failures") or [{}])[0]

@@ -74,8 +74,12 @@ def split_defense(text: str) -> tuple[str, list[tuple[list[str], Any]]]:
     return name, [_assignment(p, f"--defense {name}:") for p in _NEXT_PAIR.split(rest)]
 
 
-def parse_eps(text: str) -> list[float]:
-    """``0.05,0.1`` or ``4/255,8/255`` -> floats."""
+def parse_eps(text: str | float | list[float]) -> list[float]:
+    """``0.05,0.1`` or ``4/255,8/255`` (or, from Python, a number or a list) -> floats."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return [float(text)]
+    if isinstance(text, (list, tuple)):
+        text = ",".join(str(v) for v in text)
     out = []
     for part in (p.strip() for p in text.split(",")):
         try:

@@ -230,8 +230,10 @@ class Planner:
             deps = {"model": model_key, "reference": models[s.reference], **deps_shared}
             spec = {"kind": "eval", **base, "deps": deps}
             tlabels = self.cells[model_key].labels
-            labels = {"dataset": dataset, "architecture": arch, "defense": tlabels["defense"],
-                      "params": tlabels["params"], "seed": seed, "protocol": pname}
+            # the model's own architecture label (an external model's is not the suite's)
+            labels = {"dataset": dataset, "architecture": tlabels["architecture"],
+                      "defense": tlabels["defense"], "params": tlabels["params"], "seed": seed,
+                      "protocol": pname}
             keys[name] = self._add(Cell(content_key(spec), "eval", spec, labels, deps))
         return keys
 
@@ -247,8 +249,9 @@ class Planner:
         spec = {"kind": "flags", "deps": deps, "single_step": single,
                 "code": code_version_module(sanity)}
         tlabels = self.cells[models[name]].labels
-        labels = {"dataset": dataset, "architecture": arch, "defense": tlabels["defense"],
-                  "params": tlabels["params"], "seed": seed, "protocol": "sanity"}
+        labels = {"dataset": dataset, "architecture": tlabels["architecture"],
+                  "defense": tlabels["defense"], "params": tlabels["params"], "seed": seed,
+                  "protocol": "sanity"}
         self._add(Cell(content_key(spec), "flags", spec, labels, deps))
 
 

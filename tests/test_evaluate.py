@@ -135,7 +135,7 @@ def test_a_model_trained_with_plain_torch_gets_a_leaderboard_row(world, capsys, 
     finally:
         store.close()
     row = next(r for r in rows if r["defense"] == "mlp")
-    assert row["params"]["external"] == "factory.py:mlp"
+    assert row["params"]["external"] == "factory.py:mlp" and row["architecture"] == "external"
     assert row["clean_accuracy"]["value"] > 0.5  # it learnt something: a real model, scored
     assert "leaderboard" in out
 

@@ -51,6 +51,7 @@ def test_parsing():
     assert split_defense("a+b:b.eps=[0.1, 0.2],a.k=sgd") == ("a+b", [(["b", "eps"], [0.1, 0.2]),
                                                                     (["a", "k"], "sgd")])
     assert parse_eps("4/255, 8/255") == [4 / 255, 8 / 255]
+    assert parse_eps(8 / 255) == [8 / 255] and parse_eps([0.1, 0.2]) == [0.1, 0.2]  # Python
 
 
 def test_run_with_overrides(capsys, tmp_path, single_thread):

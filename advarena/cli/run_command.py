@@ -14,13 +14,13 @@ from rich.markup import escape
 from ..device import resolve_device
 from ..errors import AdvarenaError, DataError, SuiteError
 from ..executors import make_executor
+from ..overrides import apply_overrides
 from ..plan import make_plan
 from ..plugins import default_registry
 from ..report.export import records, write_records
 from ..runner import Environment, package_versions
 from ..store import Store
 from ..suite import load_suite
-from ..overrides import apply_overrides
 from .progress import RichProgress
 from .summary_table import print_answer
 
