@@ -69,7 +69,8 @@ def evaluate(model: Any, dataset: str | None = None, suite: str = "quick", *,
     defense; the model's rows are marked ``external`` with its weights' SHA-256. ``eps``
     (e.g. ``8/255`` or ``[0.05, 0.1]``), ``examples``, ``epochs`` (of the shared models) and
     ``sets`` (``["attacks.pgd.steps=100"]``) override suite values as the command line's
-    ``--eps``, ``--examples``, ``--epochs`` and ``--set`` do. Raises :class:`~advarena.errors.AdvarenaError` when a cell failed.
+    ``--eps``, ``--examples``, ``--epochs`` and ``--set`` do. Raises
+    :class:`~advarena.errors.AdvarenaError` when a cell failed.
 
     Example::
 
@@ -97,7 +98,8 @@ def evaluate(model: Any, dataset: str | None = None, suite: str = "quick", *,
 
     summary: dict = {}
     code = execute_run(Console(file=io.StringIO()), suite=suite, defenses=[],
-                       datasets=[dataset or load_suite(suite).datasets[0]], protocols=list(protocols or ()),
+                       datasets=[dataset or load_suite(suite).datasets[0]],
+                       protocols=list(protocols or ()),
                        store_dir=Path(store), device=device, seed=seed,
                        data_dir=Path(data_dir) if data_dir else None, download=download,
                        output=None, quiet=True,
