@@ -86,3 +86,19 @@ def test_bad_overrides_are_one_line(args, expected, capsys, tmp_path):
     assert code == 2, (out, err)
     assert expected in err and len(err.strip().splitlines()) == 1
     assert not store.exists()
+
+
+@pytest.mark.parametrize("command,options", [
+    ("run", ["--set", "--eps", "--examples", "--epochs", "--plugin", "gda-brelu:sigma=0.2"]),
+    ("evaluate", ["--model", "--weights", "--name", "--set", "--plugin"]),
+    ("export", ["--format", "--out"]),
+    ("compare", ["--store"]),
+    ("list", ["--plugin"]),
+])
+def test_help_shows_the_new_options_with_examples(command, options, capsys):
+    code, out, err = invoke([command, "--help"], capsys)
+    assert code == 0
+    text = " ".join(out.split())
+    assert "Example" in text
+    for opt in options:
+        assert opt in text, opt
