@@ -25,7 +25,9 @@ zoo plugin's code version, the class's module) are part of the external train ce
 of every key that reads it. That cell loads the model, verifies both hashes again (a file
 changed since planning fails the cell) and stores the weights like a trained model's, so the
 eval cells are exactly those of a defended model. The training-cost protocol (which times the
-defense's training) is skipped for external models.
+defense's training) is skipped for external models. The reference and shared models it is
+compared with are those of the suite's first architecture, once per seed (the seed drives the
+attacks' randomness and the shared models).
 """
 
 from __future__ import annotations
