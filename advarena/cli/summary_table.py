@@ -47,7 +47,8 @@ def print_answer(console: Console, store_dir: Path, plan) -> None:
     for col in ("dataset", "model", "params", "seed", "clean accuracy", title, "flags"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        flags = "not checked" if r["flags"] is None else (", ".join(r["flags"]) or "none raised")
+        flags = ("not checked" if r["flags"] is None
+                 else ", ".join(r["flags"]) or "none raised")
         name = r["defense"] + (" (external)" if r["external"] else "")
         params = r["params"].get("external") if r["external"] else _params(r["params"])
         table.add_row(*(Text(str(v)) for v in (r["dataset"], name, params,
