@@ -116,3 +116,26 @@ def test_compare_two_defenses_of_one_store(store, capsys):
 def test_compare_store_unknown_name_is_one_line(store, capsys):
     code, out, err = invoke(["compare", "--store", store, "none", "fgsm-at"], capsys)
     assert code == 2 and "no records of 'fgsm-at'" in err and "gda-brelu" in err
+
+
+def test_damaged_and_newer_stores_say_what_is_wrong(store, capsys, tmp_path):
+    import shutil
+    import sqlite3
+
+    from advarena.store import SCHEMA_VERSION
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "results.sqlite").write_bytes(b"not a database at all" * 10)
+    for command in (["export", "--store", bad], ["leaderboard", "--store", bad, "--out",
+                                                   tmp_path / "lb"]):
+        code, out, err = invoke(command, capsys)
+        assert code == 2 and "damaged or not a store" in err and "writable" not in err
+    newer = tmp_path / "newer"
+    shutil.copytree(store, newer)
+    conn = sqlite3.connect(newer / "results.sqlite")
+    conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION + 1),))
+    conn.commit()
+    conn.close()
+    code, out, err = invoke(["export", "--store", newer], capsys)
+    assert code == 2 and "newer advarena" in err

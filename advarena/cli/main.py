@@ -160,15 +160,15 @@ def leaderboard_cmd(store_dir: Path, out_dir: Path, formats: str, plot_format: s
       advarena leaderboard --store .advarena --out site --format html --plots svg
     """
     from ..plugins import default_registry
+    from ..report.export import open_for_reading
     from ..report.leaderboard import write_leaderboards
-    from ..store import Store
 
     fmts = tuple(dict.fromkeys(f.strip() for f in formats.split(",") if f.strip()))
     bad = [f for f in fmts if f not in ("md", "html", "json")]
     if bad or not fmts:
         raise AdvarenaError(f"unknown leaderboard format '{','.join(bad) or formats}'; use a "
                             f"comma-separated list of md, html, json")
-    store = Store.open(store_dir, create=False)
+    store = open_for_reading(store_dir)  # a published store is often on a read-only mount
     try:
         written = write_leaderboards(store, out_dir, fmts, default_registry(),
                                      plots=None if plot_format == "none" else plot_format)

@@ -73,12 +73,25 @@ TABLE_FORMATS = ("csv", "json", "parquet")
 
 
 def open_for_reading(path: str | Path) -> Store:
-    """A store opened read-only (a published store is often on a read-only mount)."""
+    """A store opened read-only, for the commands that only read (a published store is often
+    on a read-only mount): missing, newer and damaged stores each get their own message."""
+    from ..store import SCHEMA_VERSION, _schema_version
+
     root = Path(path)
-    if not (root / "results.sqlite").is_file():
+    db = root / "results.sqlite"
+    if not db.is_file():
         raise AdvarenaError(f"no advarena store at {root}; pass --store DIR naming a directory "
-                            f"that holds results.sqlite")
-    return Store.open(root, readonly=True)
+                            f"that holds results.sqlite (run 'advarena run' to make one)")
+    found = _schema_version(db)
+    if found is not None and found > SCHEMA_VERSION:
+        raise AdvarenaError(f"the store at {root} was written by a newer advarena (schema "
+                            f"{found}, this one reads {SCHEMA_VERSION}); upgrade advarena")
+    try:
+        return Store.open(root, readonly=True)
+    except AdvarenaError as exc:
+        raise AdvarenaError(f"{db} cannot be read as an advarena store ({exc}); it is damaged "
+                            f"or not a store: restore it from a copy, or pass another "
+                            f"--store") from None
 
 
 def _model_key(cells: dict[str, dict], cell_key: str) -> str | None:
