@@ -119,10 +119,7 @@ def test_compare_store_unknown_name_is_one_line(store, capsys):
 
 
 def test_damaged_and_newer_stores_say_what_is_wrong(store, capsys, tmp_path):
-    import shutil
-    import sqlite3
-
-    from advarena.store import SCHEMA_VERSION
+    from tests.test_bad_input import newer_store
 
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -131,11 +128,5 @@ def test_damaged_and_newer_stores_say_what_is_wrong(store, capsys, tmp_path):
                                                    tmp_path / "lb"]):
         code, out, err = invoke(command, capsys)
         assert code == 2 and "damaged or not a store" in err and "writable" not in err
-    newer = tmp_path / "newer"
-    shutil.copytree(store, newer)
-    conn = sqlite3.connect(newer / "results.sqlite")
-    conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION + 1),))
-    conn.commit()
-    conn.close()
-    code, out, err = invoke(["export", "--store", newer], capsys)
+    code, out, err = invoke(["export", "--store", newer_store(tmp_path, store)], capsys)
     assert code == 2 and "newer advarena" in err
