@@ -39,20 +39,23 @@ def print_answer(console: Console, store_dir: Path, plan) -> None:
     if not rows:
         return
     head = next((r["headline"] for r in rows if r["headline"]), None)
-    title = "headline"
+    what = "headline"
     if head:
-        title = f"{head['metric']} at eps {head['eps']:g}" if head.get("eps") is not None \
+        what = f"{head['metric']} at eps {head['eps']:g}" if head.get("eps") is not None \
             else head["metric"]
-    table = Table(title=f"result ({title}; 95% intervals)", title_justify="left")
-    for col in ("dataset", "model", "params", "seed", "clean accuracy", title, "flags"):
-        table.add_column(col, overflow="fold")
+    datasets = sorted({str(r["dataset"]) for r in rows})
+    table = Table(title=f"result on {', '.join(datasets)}: headline = {what} (95% intervals)",
+                  title_justify="left")
+    for col in ("model", "params", "seed", "clean", "headline", "flags"):
+        table.add_column(col, overflow="fold", min_width=10 if col == "model" else None)
     for r in rows:
         flags = ("not checked" if r["flags"] is None
                  else ", ".join(r["flags"]) or "none raised")
-        name = r["defense"] + (" (external)" if r["external"] else "")
+        name = r["defense"] + ("\n(external)" if r["external"] else "")
+        if len(datasets) > 1:
+            name = f"{r['dataset']}: {name}"
         params = r["params"].get("external") if r["external"] else _params(r["params"])
-        table.add_row(*(Text(str(v)) for v in (r["dataset"], name, params,
-                                                 r["seed"], _pct(r["clean"]),
+        table.add_row(*(Text(str(v)) for v in (name, params, r["seed"], _pct(r["clean"]),
                                                  _pct(r["headline"]), flags)))
     console.print(table, markup=False)
     console.print(f"leaderboard: advarena leaderboard --store {store_dir} --out leaderboards "
