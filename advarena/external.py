@@ -243,8 +243,14 @@ def _load_into(module: nn.Module, data: bytes, what: str) -> None:
     try:
         module.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
+        hint = ""
+        if tensors and all(k.startswith("net.") for k in tensors) and \
+                not isinstance(module, Classifier):
+            hint = ("; they are an advarena Classifier's state dict (keys 'net.*'): return "
+                    "advarena.models.Classifier(net) from the factory")
         first = " ".join(str(exc).split())[:300]
-        raise ExternalModelError(f"{what}: the weights do not fit the model ({first})") from None
+        raise ExternalModelError(f"{what}: the weights do not fit the model ({first})"
+                                 f"{hint}") from None
 
 
 def as_classifier(module: nn.Module, info: DatasetInfo) -> Classifier:
