@@ -15,12 +15,13 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import AdvarenaError
-from .options import override_options, overrides_of, plugin_option
 
 console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
 KIND_CHOICES = ["attacks", "defenses", "datasets", "architectures", "protocols", "models"]
+
+from .options import override_options, overrides_of, plugin_option  # noqa: E402
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -8,10 +8,18 @@ from __future__ import annotations
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                           TimeElapsedColumn)
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn,
+                           TextColumn, TimeElapsedColumn)
+from rich.text import Text
 
 from ..hookimpl import hookimpl
+
+
+class _EtaColumn(ProgressColumn):
+    """The run's ETA (set by :class:`RichProgress`; cell tasks have none)."""
+
+    def render(self, task) -> Text:
+        return Text(task.fields.get("eta", ""))
 
 
 class RichProgress:
@@ -22,11 +30,10 @@ class RichProgress:
         self.quiet = quiet
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
                                  MofNCompleteColumn(), TimeElapsedColumn(),
-                                 TextColumn("{task.fields[eta]}"), console=console,
+                                 _EtaColumn(), console=console,
                                  transient=True, disable=quiet)
         self.run_task = None
         self.cell_task = None
-        self.total = 0
         self.finished = 0
         self.ran = 0
         self.ran_seconds = 0.0
@@ -40,9 +47,10 @@ class RichProgress:
 
     def eta_seconds(self) -> float | None:
         """Mean seconds of the cells run so far times the cells left; None before any ran."""
-        if not self.ran:
+        if not self.ran or self.run_task is None:
             return None
-        return self.ran_seconds / self.ran * max(0, self.total - self.finished)
+        total = next(t.total for t in self.progress.tasks if t.id == self.run_task) or 0
+        return self.ran_seconds / self.ran * max(0, total - self.finished)
 
     def eta_text(self) -> str:
         eta = self.eta_seconds()
@@ -53,15 +61,13 @@ class RichProgress:
 
     @hookimpl
     def advarena_run_started(self, run_id, total_cells):
-        self.total = total_cells
-        self.run_task = self.progress.add_task(f"run {run_id}", total=total_cells,
-                                               eta="ETA: after the first cell")
+        self.run_task = self.progress.add_task(f"run {run_id}", total=total_cells)
 
     @hookimpl
     def advarena_cell_started(self, cell):
         if self.cell_task is not None:
             self.progress.remove_task(self.cell_task)
-        self.cell_task = self.progress.add_task(f"  {cell.title}", total=None, eta="")
+        self.cell_task = self.progress.add_task(f"  {cell.title}", total=None)
 
     @hookimpl
     def advarena_cell_progress(self, cell, stage, done, total):
