@@ -6,11 +6,12 @@ time would extrapolate from the first seconds, where stored cells finish in a bu
 
 from __future__ import annotations
 
+from rich.progress import ProgressColumn  # (own line: the ETA column)
+from rich.text import Text
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn,
-                           TextColumn, TimeElapsedColumn)
-from rich.text import Text
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                           TimeElapsedColumn)
 
 from ..hookimpl import hookimpl
 
