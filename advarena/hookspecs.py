@@ -39,6 +39,11 @@ def advarena_register_protocols() -> list[type]:
 
 
 @hookspec
+def advarena_register_models() -> list[type]:
+    """Return ready-trained model classes (subclasses of ``advarena.api.Model``): a model zoo."""
+
+
+@hookspec
 def advarena_run_started(run_id: str, total_cells: int) -> None:
     """Called once when a run starts, with the number of cells in its plan."""
 

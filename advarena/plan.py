@@ -43,7 +43,7 @@ class Cell:
         parts = [self.kind, lab.get("dataset"), lab.get("architecture")]
         if self.kind == "train":
             parts.append(lab.get("role") if lab.get("role", "defense") not in (
-                "defense", "reference") else lab.get("defense"))
+                "defense", "reference", "external") else lab.get("defense"))
         else:
             parts += [lab.get("protocol"), lab.get("defense")]
         return " ".join(str(p) for p in parts if p)
@@ -227,7 +227,21 @@ class Planner:
                   "params": dspec["params"], "seed": seed, "role": role}
         return self._add(Cell(content_key(spec), "train", spec, labels, deps))
 
-    def expand(self, defenses: list[str], protocols: list[str] | None = None) -> Plan:
+    def external_cell(self, dataset: str, external: Any, seed: int) -> str:
+        """A train cell that loads (never trains) an external model
+        (:class:`advarena.external.ExternalModel`); its spec holds the weights' and the
+        factory's SHA-256, so they enter the key of every cell that reads it."""
+        spec = {"kind": "train", "external": external.spec(),
+                "dataset": self._plugin_spec("datasets", dataset,
+                                             self.suite.dataset_params.get(dataset, {})),
+                "seed": seed}
+        labels = {"dataset": dataset, "architecture": external.architecture,
+                  "defense": external.label, "params": external.label_params(), "seed": seed,
+                  "role": "external"}
+        return self._add(Cell(content_key(spec), "train", spec, labels, {}))
+
+    def expand(self, defenses: list[str], protocols: list[str] | None = None,
+               externals: list[Any] = ()) -> Plan:
         s = self.suite
         names = list(dict.fromkeys([s.reference, *defenses]))
         chosen = protocols or list(s.protocols)
@@ -247,6 +261,10 @@ class Planner:
                     models = {d: self.train_cell(dataset, arch, d, s.defense_params.get(d, {}),
                                                  seed, "reference" if d == s.reference
                                                  else "defense") for d in names}
+                    if arch == s.architectures[0]:  # against the first architecture's models
+                        for ext in externals:
+                            if ext.dataset in (None, dataset):
+                                models[ext.label] = self.external_cell(dataset, ext, seed)
                     evals: dict[str, dict[str, str]] = {d: {} for d in models}
                     for pname in chosen:
                         keys = self._protocol_cells(pname, dataset, arch, seed, models,
@@ -291,11 +309,15 @@ class Planner:
                                                      pkey_spec, labels, dict(shared)))
         keys = {}
         for name, model_key in models.items():
+            if proto.needs_training and self.cells[model_key].labels.get("role") == "external":
+                continue  # nothing of an external model's training is known
             deps = {"model": model_key, "reference": models[s.reference], **deps_shared}
             spec = {"kind": "eval", **base, "deps": deps}
             tlabels = self.cells[model_key].labels
-            labels = {"dataset": dataset, "architecture": arch, "defense": tlabels["defense"],
-                      "params": tlabels["params"], "seed": seed, "protocol": pname}
+            # the model's own architecture label (an external model's is not the suite's)
+            labels = {"dataset": dataset, "architecture": tlabels["architecture"],
+                      "defense": tlabels["defense"], "params": tlabels["params"], "seed": seed,
+                      "protocol": pname}
             keys[name] = self._add(Cell(content_key(spec), "eval", spec, labels, deps))
         return keys
 
@@ -319,8 +341,9 @@ class Planner:
         spec = {"kind": "headline", "deps": deps, "attacks": threat,
                 "code": code_version_module(headline)}
         tlabels = self.cells[models[name]].labels
-        labels = {"dataset": dataset, "architecture": arch, "defense": tlabels["defense"],
-                  "params": tlabels["params"], "seed": seed, "protocol": "headline"}
+        labels = {"dataset": dataset, "architecture": tlabels["architecture"],
+                  "defense": tlabels["defense"], "params": tlabels["params"], "seed": seed,
+                  "protocol": "headline"}
         return self._add(Cell(content_key(spec), "headline", spec, labels, deps))
 
     def _flags_cell(self, name: str, models: dict[str, str], evals: dict[str, dict[str, str]],
@@ -348,8 +371,9 @@ class Planner:
                 continue
             spec = {"kind": "flags", "checks": checks, "deps": deps, "single_step": single,
                     "code": code_version_module(sanity)}
-            labels = {"dataset": dataset, "architecture": arch, "defense": tlabels["defense"],
-                      "params": tlabels["params"], "seed": seed, "protocol": protocol}
+            labels = {"dataset": dataset, "architecture": tlabels["architecture"],
+                      "defense": tlabels["defense"], "params": tlabels["params"], "seed": seed,
+                      "protocol": protocol}
             self._add(Cell(content_key(spec), "flags", spec, labels, deps))
 
 
@@ -381,9 +405,12 @@ def _topological(cells: list[Cell]) -> list[Cell]:
 
 
 def make_plan(suite: Suite, registry: Registry, defenses: list[str] | None = None,
-              protocols: list[str] | None = None) -> Plan:
-    """Validate ``suite`` against the registry and expand it into ordered cells."""
+              protocols: list[str] | None = None, externals: list[Any] = ()) -> Plan:
+    """Validate ``suite`` against the registry and expand it into ordered cells;
+    ``externals`` are external models evaluated beside the defenses."""
     chosen = defenses or suite.defenses
     for d in chosen:
         registry.create("defenses", d, **suite.defense_params.get(d, {}))
-    return Planner(suite, registry).expand(chosen, protocols)
+    plan = Planner(suite, registry).expand(chosen, protocols, externals)
+    plan.defenses += [e.label for e in externals]
+    return plan

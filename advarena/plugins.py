@@ -19,7 +19,8 @@ from typing import Any, Iterable
 import pluggy
 
 from . import hookspecs
-from .api import API_VERSION, Architecture, Attack, Composite, Dataset, Defense, Protocol
+from .api import (API_VERSION, Architecture, Attack, Composite, Dataset, Defense, Model,
+                  Protocol)
 from .errors import PluginError, UnknownPluginError
 from .text import name_problem, printable
 
@@ -33,6 +34,7 @@ KINDS: dict[str, tuple[str, type]] = {
     "datasets": ("advarena_register_datasets", Dataset),
     "architectures": ("advarena_register_architectures", Architecture),
     "protocols": ("advarena_register_protocols", Protocol),
+    "models": ("advarena_register_models", Model),
 }
 
 
@@ -188,6 +190,12 @@ class Registry:
         composition (parameters then go as ``{"a": {...}, "b": {...}}``)."""
         if kind == "defenses" and "+" in name:
             parts = [p.strip() for p in name.split("+")]
+            canonical = [self.entry(kind, p).name for p in parts]
+            twice = sorted({p for p in canonical if canonical.count(p) > 1})
+            if twice:
+                raise UnknownPluginError(
+                    f"defense '{name}' names {', '.join(repr(t) for t in twice)} twice; a "
+                    f"composition takes each defense once")
             unknown = set(params) - set(parts)
             if unknown:
                 raise UnknownPluginError(
@@ -198,10 +206,16 @@ class Registry:
         return self.get(kind, name).create(**params)
 
 
+# Modules registered beside the installed plugins (``--plugin FILE``, see
+# :func:`advarena.plugin_files.use_plugin_files`).
+PLUGIN_FILES: list[Any] = []
+
+
 @functools.lru_cache(maxsize=1)
 def default_registry() -> Registry:
-    """The registry of the installed plugins, built on first use and kept for the process."""
-    return Registry(make_plugin_manager())
+    """The registry of the installed plugins (and of any ``--plugin`` files), built on first
+    use and kept for the process."""
+    return Registry(make_plugin_manager(PLUGIN_FILES))
 
 
 def collect(package: str, base: type) -> list[type]:

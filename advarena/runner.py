@@ -94,6 +94,8 @@ def cell_plugins(cell: Cell) -> str:
     """The plugins a cell runs, for failures that cannot tell which one was at fault."""
     spec = cell.spec
     if cell.kind == "train":
+        if "external" in spec:
+            return f"external model '{spec['external']['label']}'"
         return f"defense '{spec['defense']['name']}'"
     if cell.kind in ("eval", "prepare"):
         text = f"protocol '{spec['protocol']['name']}'"
@@ -268,6 +270,10 @@ class Environment:
     def build_classifier(self, spec: dict) -> Classifier:
         """An untrained classifier of a train cell's spec (architecture, activation, transform)."""
         info = self.splits(spec["dataset"]).info
+        if "external" in spec:
+            from .external import build_untrained
+
+            return build_untrained(spec, info, self.registry)
         defense = self.defense_of(spec)
         arch = self.registry.create("architectures", spec["architecture"]["name"],
                                     **spec["architecture"]["params"])
@@ -334,6 +340,13 @@ def split_validation(train: TensorData, fraction: float, seed: int) -> tuple[Ten
 
 def run_train(cell: Cell, env: Environment, progress: Progress) -> CellOutput:
     spec = cell.spec
+    if "external" in spec:  # loaded and verified, never trained
+        from .external import run_external
+
+        with blame(f"external model '{spec['external']['label']}'"):
+            model, result = run_external(spec, env.splits(spec["dataset"]).info,
+                                         env.registry, env.device)
+        return CellOutput(result, [], {"model": model.state_dict()}, {})
     splits = env.splits(spec["dataset"])
     info = splits.info
     config = TrainConfig(**spec["train"])

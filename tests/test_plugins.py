@@ -54,7 +54,8 @@ def test_registry_attributes_first_party_plugins_to_advarena():
     version = importlib.metadata.version("advarena")
     for kind in KINDS:
         entries = registry.entries(kind)
-        assert entries, f"no first-party {kind}"
+        # advarena publishes no ready-trained models of its own (the models hook is for zoos)
+        assert entries or kind == "models", f"no first-party {kind}"
         for entry in entries:
             assert normalise(entry.distribution) == "advarena", entry
             assert entry.version == version

@@ -4,6 +4,7 @@ from .architecture import Architecture
 from .attack import Attack, ThreatModel
 from .data import Dataset, DatasetInfo, Splits, TensorData
 from .defense import Composite, Defense
+from .model import Model
 from .protocol import Protocol
 from .records import EXPORT_KEYS, Measurement
 
@@ -11,5 +12,5 @@ from .records import EXPORT_KEYS, Measurement
 API_VERSION = "1"
 
 __all__ = ["API_VERSION", "Architecture", "Attack", "Composite", "Dataset", "DatasetInfo",
-           "Defense", "EXPORT_KEYS", "Measurement", "Protocol", "Splits", "TensorData",
+           "Defense", "EXPORT_KEYS", "Measurement", "Model", "Protocol", "Splits", "TensorData",
            "ThreatModel"]

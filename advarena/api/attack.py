@@ -66,9 +66,21 @@ class Attack(Plugin):
 
     def __call__(self, model: ModelLike, inputs: torch.Tensor, labels: torch.Tensor, *,
                  eps: float | None = None, seed: int | None = 0) -> torch.Tensor:
+        """Adversarial inputs for ``inputs``, checked against the threat model.
+
+        ``model``: an :class:`advarena.models.Classifier` or any ``nn.Module`` returning logits
+        (bounds default to [0, 1]; wrap it in ``Classifier(net, bounds=...)`` for another
+        box), or a list of them. ``inputs``: floats inside the box (tensor or numpy array: a
+        numpy array comes back as one); ``labels``: class indices or one-hot rows. Gradients
+        are enabled inside, so this works under ``torch.no_grad()``. See
+        :mod:`advarena.api_checks` for what is converted, refused and warned about."""
+        from ..api_checks import prepare_call
         from ..threat import run_checked
 
-        return run_checked(self, model, inputs, labels, eps=eps, seed=seed)
+        model, x, y, was_numpy = prepare_call(self, model, inputs, labels, eps)
+        with torch.enable_grad():
+            out = run_checked(self, model, x, y, eps=eps, seed=seed)
+        return out.cpu().numpy() if was_numpy else out
 
     def default_eps(self) -> float | None:
         return getattr(self, "eps", None)

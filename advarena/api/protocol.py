@@ -7,7 +7,7 @@ crafted on substitutes), and evaluates one defended model into :class:`Measureme
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..params import Plugin
 from .records import Measurement
@@ -20,7 +20,12 @@ class Protocol(Plugin):
     """Base class of protocol plugins.
 
     Suites configure a protocol through its parameters (attacks, eps sweep, example count).
+    ``needs_training = True`` marks a protocol that measures how the model was trained (it
+    reads ``ctx.train_records``); it is skipped for external models, which advarena never
+    trained.
     """
+
+    needs_training: ClassVar[bool] = False
 
     def attack_names(self) -> tuple[str, ...]:
         """The attack plugins this protocol runs (configured from the suite's ``[attacks.*]``

@@ -75,8 +75,11 @@ import click
 
 
 @click.command("compare")
-@click.argument("base", type=click.Path(path_type=Path))
-@click.argument("head", type=click.Path(path_type=Path))
+@click.argument("base")
+@click.argument("head")
+@click.option("--store", "store_dir", type=click.Path(path_type=Path), default=None,
+              help="Compare two models (defenses or external models) of this store: BASE and "
+                   "HEAD are their names. Example: --store .advarena none gda-brelu")
 @click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md",
               show_default=True, help="Markdown table, or JSON rows and a summary.")
 @click.option("--fail-on", type=click.Choice(["worse", "never"]), default="never",
@@ -91,12 +94,13 @@ import click
 @click.option("--correction", type=click.Choice(["holm", "none"]), default="holm",
               show_default=True,
               help="Multiple-testing correction across the gated headline rows.")
-def compare_cmd(base: Path, head: Path, fmt: str, fail_on: str, alpha: float, show_all: bool,
-                correction: str) -> None:
+def compare_cmd(base: str, head: str, store_dir: Path | None, fmt: str, fail_on: str,
+                alpha: float, show_all: bool, correction: str) -> None:
     """Compare two result exports (or stores): every metric both hold, its change with an
     interval, and a verdict (better, worse, no significant change).
 
-    BASE and HEAD are JSON files written by 'advarena run --output' or store directories.
+    BASE and HEAD are JSON files written by 'advarena run --output' or store directories;
+    with --store, two models of that store (same examples, so paired tests apply).
     Accuracies are compared pairwise on the shared examples (exact McNemar test) where the
     records carry per-example outcomes; other metrics through their intervals.
 
@@ -109,10 +113,17 @@ def compare_cmd(base: Path, head: Path, fmt: str, fail_on: str, alpha: float, sh
       advarena compare base.json head.json
       advarena compare base.json head.json --fail-on worse >> "$GITHUB_STEP_SUMMARY"
       advarena compare .advarena-main .advarena --format json --all
+      advarena compare --store .advarena none gda-brelu
     """
-    from ..report.compare import compare_paths, failed, render_markdown, to_json
+    from ..report.compare import compare, compare_paths, failed, render_markdown, to_json
 
-    result = compare_paths(base, head, alpha=alpha, correction=correction)
+    if store_dir is not None:
+        from ..report.compare_store import store_sides
+
+        result = compare(*store_sides(store_dir, base, head), alpha=alpha,
+                         correction=correction)
+    else:
+        result = compare_paths(Path(base), Path(head), alpha=alpha, correction=correction)
     if fmt == "json":
         click.echo(json.dumps(to_json(result, fail_on), indent=1))
     else:

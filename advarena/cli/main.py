@@ -20,7 +20,9 @@ from ..text import printable, rich_text
 console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
-KIND_CHOICES = ["attacks", "defenses", "datasets", "architectures", "protocols"]
+KIND_CHOICES = ["attacks", "defenses", "datasets", "architectures", "protocols", "models"]
+
+from .options import override_options, overrides_of, plugin_option  # noqa: E402
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -38,6 +40,7 @@ def cli() -> None:
 @cli.command("list")
 @click.argument("kind", required=False, type=click.Choice(KIND_CHOICES))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@plugin_option
 def list_cmd(kind: str | None, as_json: bool) -> None:
     """List the installed plugins with their paper, parameters and distribution.
 
@@ -82,8 +85,9 @@ def _short(value) -> str:
 @cli.command("run")
 @click.option("--suite", default="quick", show_default=True,
               help="A shipped suite name or a path to a suite TOML file.")
-@click.option("--defense", "defenses", multiple=True,
-              help="Defense to evaluate (repeatable; 'a+b' composes). Default: the suite's.")
+@click.option("--defense", "defenses", multiple=True, metavar="NAME[:KEY=VALUE,...]",
+              help="Defense to evaluate (repeatable; 'a+b' composes), with parameters after "
+                   "':'. Default: the suite's. Example: --defense gda-brelu:sigma=0.2")
 @click.option("--dataset", "datasets", multiple=True, help="Restrict to these datasets.")
 @click.option("--protocol", "protocols", multiple=True, help="Restrict to these protocols.")
 @click.option("--store", "store_dir", default=".advarena", show_default=True,
@@ -113,8 +117,11 @@ def _short(value) -> str:
                    "and evaluation stay in float32.")
 @click.option("--channels-last", is_flag=True,
               help="Train convolutional networks in channels_last memory layout (GPUs).")
+@override_options
+@plugin_option
 def run_cmd(suite, defenses, datasets, protocols, store_dir, device, seed, data_dir, download,
-            output, quiet, executor, address, cell_timeout, amp, channels_last) -> None:
+            output, quiet, executor, address, cell_timeout, amp, channels_last, sets, eps,
+            examples, epochs) -> None:
     """Train (or reuse) the models a suite needs and run its protocols.
 
     \b
@@ -122,6 +129,8 @@ def run_cmd(suite, defenses, datasets, protocols, store_dir, device, seed, data_
       advarena run --defense gda-brelu
       advarena run --suite quick --defense none --defense fgsm-at --output results.json
       advarena run --executor ray --address auto --cell-timeout 3600
+      advarena run --defense gda-brelu:sigma=0.2 --set attacks.pgd.steps=100 --eps 0.05,0.1
+      advarena run --defense my-defense --plugin my_defense.py --examples 1000 --epochs 5
     """
     from .run_command import execute_run
 
@@ -129,7 +138,8 @@ def run_cmd(suite, defenses, datasets, protocols, store_dir, device, seed, data_
                        protocols=list(protocols), store_dir=store_dir, device=device,
                        seed=seed, data_dir=data_dir, download=download, output=output,
                        quiet=quiet, executor=executor, address=address,
-                       cell_timeout=cell_timeout, amp=amp, channels_last=channels_last)
+                       cell_timeout=cell_timeout, amp=amp, channels_last=channels_last,
+                       overrides=overrides_of(sets, eps, examples, epochs))
     sys.exit(code)
 
 
@@ -143,6 +153,7 @@ def run_cmd(suite, defenses, datasets, protocols, store_dir, device, seed, data_
 @click.option("--plots", "plot_format", default="png", show_default=True,
               type=click.Choice(["png", "svg", "none"]),
               help="Image format of the detail pages' plots, or none.")
+@plugin_option
 def leaderboard_cmd(store_dir: Path, out_dir: Path, formats: str, plot_format: str) -> None:
     """Render the store's leaderboards as Markdown, HTML and JSON, with one detail page per
     row (parameters, provenance, every metric, plots) under OUT/details/.
@@ -153,8 +164,8 @@ def leaderboard_cmd(store_dir: Path, out_dir: Path, formats: str, plot_format: s
       advarena leaderboard --store .advarena --out site --format html --plots svg
     """
     from ..plugins import default_registry
+    from ..report.export import open_for_reading
     from ..report.leaderboard import write_leaderboards
-    from ..store import Store
 
     fmts = tuple(dict.fromkeys(f.strip() for f in formats.split(",") if f.strip()))
     bad = [f for f in fmts if f not in ("md", "html", "json")]
@@ -163,7 +174,7 @@ def leaderboard_cmd(store_dir: Path, out_dir: Path, formats: str, plot_format: s
                             f"comma-separated list of md, html, json")
     for w in default_registry().warnings:  # e.g. a plugin that failed to import, skipped
         err_console.print(f"warning: {w}", markup=False)
-    store = Store.open(store_dir, create=False)
+    store = open_for_reading(store_dir)  # a published store is often on a read-only mount
     try:
         written = write_leaderboards(store, out_dir, fmts, default_registry(),
                                      plots=None if plot_format == "none" else plot_format)
@@ -209,6 +220,10 @@ from .compare_command import compare_cmd  # noqa: E402
 cli.add_command(compare_cmd)
 from .new_plugin_command import new_plugin_cmd  # noqa: E402
 cli.add_command(new_plugin_cmd)
+from .evaluate_command import evaluate_cmd  # noqa: E402
+cli.add_command(evaluate_cmd)
+from .export_command import export_cmd  # noqa: E402
+cli.add_command(export_cmd)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -13,6 +13,7 @@ from rich.console import Console
 from ..device import resolve_device
 from ..errors import AdvarenaError, DataError, SuiteError
 from ..executors import make_executor
+from ..overrides import apply_overrides
 from ..plan import make_plan
 from ..plugins import default_registry
 from ..report.export import records, write_records
@@ -21,6 +22,7 @@ from ..store import Store
 from ..suite import check_seed, load_suite
 from ..text import rich_escape
 from .progress import RichProgress
+from .summary_table import print_answer
 
 
 def execute_run(console: Console, *, suite: str, defenses: list[str], datasets: list[str],
@@ -28,12 +30,17 @@ def execute_run(console: Console, *, suite: str, defenses: list[str], datasets: 
                 data_dir: Path | None, download: bool, output: Path | None,
                 quiet: bool, executor: str = "local", address: str | None = None,
                 cell_timeout: float | None = None, amp: str | None = None,
-                channels_last: bool = False) -> int:
+                channels_last: bool = False, overrides: dict | None = None,
+                externals=None, summary_out: dict | None = None) -> int:
     """Run and return the exit status: 0 complete, 1 incomplete (some cells failed).
 
     Everything the user can get wrong is checked before the store is opened (suite, plugin
     names and parameters, data directory, device, output path, executor options), so a bad
-    command leaves the store as it was."""
+    command leaves the store as it was.
+
+    ``overrides``: suite values from the command line (:mod:`advarena.overrides`);
+    ``externals(registry, suite)``: the external models to evaluate beside the reference
+    (``advarena evaluate``); ``summary_out`` receives the executor's summary."""
     if address is not None and executor != "ray":
         raise AdvarenaError("--address names a Ray cluster; use it with --executor ray")
     reg = default_registry()
@@ -44,6 +51,7 @@ def execute_run(console: Console, *, suite: str, defenses: list[str], datasets: 
     except UnicodeDecodeError:
         raise SuiteError(f"cannot read suite file {suite}: it is not UTF-8 text; pass --suite "
                          f"with a TOML file") from None
+    s, defenses = apply_overrides(s, reg, list(defenses), **(overrides or {}))
     cell_timeout = _cell_timeout(cell_timeout, s)
     if amp:
         s = dataclasses.replace(s, train={**s.train, "amp": amp})
@@ -61,8 +69,14 @@ def execute_run(console: Console, *, suite: str, defenses: list[str], datasets: 
     if data_dir is not None and not data_dir.is_dir() and not download:
         raise DataError(f"--data-dir {data_dir} is not a directory; pass the directory that "
                         f"holds the dataset files")
-    plan = make_plan(s, reg, list(defenses) or None, list(protocols) or None)
+    exts = externals(reg, s) if externals is not None else []
+    if exts and not defenses:
+        defenses = [s.reference]
+    plan = make_plan(s, reg, list(defenses) or None, list(protocols) or None, exts)
     dev = resolve_device(device)
+    if amp == "fp16" and dev.type != "cuda":
+        raise AdvarenaError(f"--amp fp16 needs a CUDA device (this run is on {dev}); use --amp "
+                            f"bf16 on the CPU")
     if output is not None:
         _check_writable(output)
     _check_store_dir(store_dir)
@@ -82,6 +96,9 @@ def execute_run(console: Console, *, suite: str, defenses: list[str], datasets: 
 
             ray.shutdown()
     _report(console, summary, plan, store_dir, output)
+    if summary_out is not None:
+        summary_out.update(summary)
+    print_answer(console, store_dir, plan)
     return 0 if not summary["failed"] and not summary["skipped"] else 1
 
 

@@ -65,6 +65,7 @@ class TrainingCost(Protocol):
 
     name = "training-cost"
     paper = "000 Table I and sec. IV"
+    needs_training = True
 
     thresholds: tuple[float, ...] = param((0.5, 0.6, 0.7), gt=0, le=1,
                                           help="fractions of the reference's best val. accuracy")

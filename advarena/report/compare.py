@@ -261,8 +261,7 @@ class Side:
 
 def load_side(path: str | Path, role: str = "input") -> Side:
     """An export file (``advarena run --output``) or a store directory, as records."""
-    from ..store import Store
-    from .export import read_records, records
+    from .export import open_for_reading, read_records, records
 
     p = Path(path)
     if not p.exists():
@@ -273,7 +272,7 @@ def load_side(path: str | Path, role: str = "input") -> Side:
             raise AdvarenaError(f"{role} {p} is a directory without results.sqlite; pass an "
                                 f"export written by 'advarena run --output FILE' or a store "
                                 f"directory")
-        store = Store.open(p, create=False)
+        store = open_for_reading(p)
         try:
             recs = records(store)
         finally:
