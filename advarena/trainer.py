@@ -302,12 +302,20 @@ class TrainingSession:
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def make_optimizer(self, params, lr: float | None = None) -> torch.optim.Optimizer:
+    def make_optimizer(self, params, lr: float | None = None, *, optimizer: str | None = None,
+                       momentum: float | None = None,
+                       weight_decay: float | None = None) -> torch.optim.Optimizer:
+        """The suite's optimizer, each setting replaced where given (a fine-tuning schedule
+        runs its paper's optimizer)."""
         lr = self.config.lr if lr is None else lr
-        if self.config.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=lr, momentum=self.config.momentum,
-                                   weight_decay=self.config.weight_decay)
-        return torch.optim.Adam(params, lr=lr, weight_decay=self.config.weight_decay)
+        name = self.config.optimizer if optimizer is None else optimizer
+        momentum = self.config.momentum if momentum is None else momentum
+        decay = self.config.weight_decay if weight_decay is None else weight_decay
+        if name == "sgd":
+            return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=decay)
+        if name != "adam":
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {name!r}")
+        return torch.optim.Adam(params, lr=lr, weight_decay=decay)
 
     @contextlib.contextmanager
     def measure(self, label: str, model: nn.Module | None = None):
@@ -333,10 +341,14 @@ class TrainingSession:
     def train(self, *, epochs: int | None = None, data: TensorData | None = None,
               defense: Defense | None = None, model: nn.Module | None = None,
               lr: float | None = None,
-              validate: Callable[[nn.Module], float] | None = None) -> None:
+              validate: Callable[[nn.Module], float] | None = None,
+              optimizer: str | None = None, momentum: float | None = None,
+              weight_decay: float | None = None, batch_size: int | None = None) -> None:
         """Run the standard loop: ``defense.augment`` once, then for each batch ``defense.loss``,
         one optimiser step and ``defense.after_step``; after each epoch the validation accuracy
-        (``validate(model)``, by default the accuracy of ``model`` on the validation split)."""
+        (``validate(model)``, by default the accuracy of ``model`` on the validation split).
+        ``optimizer``, ``momentum``, ``weight_decay`` and ``batch_size`` replace the suite's
+        for this stage (a paper's fine-tuning schedule)."""
         defense = self.defense if defense is None else defense
         model = self.model if model is None else model
         epochs = self.config.epochs if epochs is None else epochs
@@ -344,9 +356,10 @@ class TrainingSession:
         augmented = defense.augment(base, self.info, self.generator)
         stage = self.stages
         self.stages += 1
-        optimizer = self.make_optimizer(model.parameters(), lr)
+        optimizer = self.make_optimizer(model.parameters(), lr, optimizer=optimizer,
+                                        momentum=momentum, weight_decay=weight_decay)
         counter = PassCounter(model)
-        bs = self.config.batch_size
+        bs = self.config.batch_size if batch_size is None else batch_size
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         # fp16 needs loss scaling against underflowing gradients; bf16 has float32's range.

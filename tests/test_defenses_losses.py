@@ -142,7 +142,8 @@ def trained(digits):
                 cache[cid] = fit(digits, advarena.defense("deep-defense",
                                                           steps=DEEP_DEFENSE_STEPS,
                                                           epochs=DEEP_DEFENSE_EPOCHS,
-                                                          lr=DEEP_DEFENSE_LR, cut_epochs=0),
+                                                          lr=DEEP_DEFENSE_LR, cut_epochs=0,
+                                                          optimizer="suite"),
                                  reference=get("none").model, epochs=DEEP_DEFENSE_EPOCHS,
                                  lr=DEEP_DEFENSE_LR)
             elif cid == "none-finetune":

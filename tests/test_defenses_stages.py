@@ -571,14 +571,19 @@ def test_002_defenses_fine_tune_from_the_reference_by_one_schedule(splits):
     defenses = [advarena.defense(n, **p) for n, p in names]
     assert all(d.needs_reference for d in defenses)
     assert not advarena.defense("parseval").needs_reference  # Cisse et al.: from scratch
-    for family, expected in (("mnist", [(4, 5e-4), (1, 2.5e-4)]),
-                             ("cifar", [(40, 5e-4), (10, 2.5e-4)])):
+    sgd = {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 100}
+    mnist = [{"epochs": 4, "lr": 5e-4, **sgd}, {"epochs": 1, "lr": 2.5e-4, **sgd}]
+    cifar = [{"epochs": 40, "lr": 5e-4, **sgd}, {"epochs": 10, "lr": 2.5e-4, **sgd}]
+    for family, expected in (("mnist", mnist), ("cifar", cifar)):
         info = SimpleNamespace(family=family)
         assert [d.schedule(info, CONFIG) for d in defenses] == [expected] * 3
     # A composition of two of them follows the one schedule; different ones are refused.
     info = SimpleNamespace(family="mnist")
     assert advarena.defense("deep-defense+parseval", parseval={"finetune": True}).schedule(
-        info, CONFIG) == [(4, 5e-4), (1, 2.5e-4)]
+        info, CONFIG) == mnist
+    # optimizer="suite": the suite's optimizer and batch size
+    assert advarena.defense("deep-defense", optimizer="suite").schedule(info, CONFIG) == [
+        {"epochs": 4, "lr": 5e-4}, {"epochs": 1, "lr": 2.5e-4}]
     from advarena.errors import ParameterError
 
     with pytest.raises(ParameterError, match="schedules"):

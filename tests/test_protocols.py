@@ -251,7 +251,7 @@ def test_defense_independent_work_is_shared_between_defenses():
         c.kind == "train" and c.labels["role"] != "defense")}
     assert shared(a) == shared(b)
     roles = {c.labels["role"] for c in a.cells if c.kind == "train"}
-    assert {"reference", "substitute-none", "substitute-ifgsm-at", "member-cnn-001-5"} <= roles
+    assert {"reference", "substitute-none", "substitute-ifgsm-at", "member-cnn-001-4"} <= roles
 
 
 def test_gda_brelu_raises_empirical_robustness_over_none(digits_model):

@@ -14,7 +14,7 @@ hook                used by, for example
 ``regularizer``     ``vat``, ``deep-defense``: a term added to whatever loss is in force
 ``after_step``      ``parseval``: a projection after each optimiser step
 ``input_transform`` ``feature-squeezing``, ``aec``: a module placed in front of the classifier
-``schedule``        ``deep-defense``: the (epochs, lr) stages of the default ``fit`` (002's)
+``schedule``        ``deep-defense``: the stages (epochs, lr, optimizer) of the default ``fit``
 ``fit``             ``distillation``, ``rad``: several stages, each a call of ``session.train``
 ==================  ====================================================================
 
@@ -109,10 +109,11 @@ class Defense(Plugin):
     def input_transform(self, info: DatasetInfo) -> InputTransform | None:
         return None
 
-    def schedule(self, info: DatasetInfo, config) -> list[tuple[int, float]] | None:
-        """``[(epochs, lr), ...]``: the stages the default :meth:`fit` trains, one
-        ``session.train`` each (a fine-tuning schedule), or None for one stage at the suite's
-        epochs and learning rate. ``config`` is the suite's training configuration."""
+    def schedule(self, info: DatasetInfo, config) -> list[dict] | None:
+        """The stages the default :meth:`fit` trains, each a dict of ``session.train`` keywords
+        (``epochs``, ``lr``, and optionally ``optimizer``, ``momentum``, ``weight_decay``,
+        ``batch_size``: a paper's fine-tuning schedule), or None for one stage at the suite's
+        settings. ``config`` is the suite's training configuration."""
         return None
 
     def fit(self, session: "TrainingSession") -> None:
@@ -121,8 +122,8 @@ class Defense(Plugin):
         if stages is None:
             session.train()
             return
-        for epochs, lr in stages:
-            session.train(epochs=epochs, lr=lr)
+        for stage in stages:
+            session.train(**stage)
 
 
 # A dataset description for construction-time checks of schedules (which read the family).
@@ -171,7 +172,7 @@ class Composite(Defense):
             raise ParameterError(f"{' and '.join(tuned)} fine-tunes by a schedule that "
                                  f"{owner.name}'s own training stages would not follow; "
                                  "they cannot be combined")
-        if len({tuple(s) for s in schedules.values() if s is not None}) > 1:
+        if len({repr(s) for s in schedules.values() if s is not None}) > 1:
             raise ParameterError(f"defenses {' and '.join(n for n, s in schedules.items() if s)}"
                                  " ask for different training schedules and cannot be combined")
 
@@ -244,7 +245,7 @@ class Composite(Defense):
         combined."""
         found = {p.name: s for p in self._parts
                  if (s := p.schedule(info, config)) is not None}
-        if len({tuple(s) for s in found.values()}) > 1:
+        if len({repr(s) for s in found.values()}) > 1:
             raise ParameterError(f"defenses {' and '.join(found)} ask for different training "
                                  "schedules and cannot be combined")
         return next(iter(found.values()), None)
