@@ -1,7 +1,8 @@
 """Executors run a plan's cells in dependency order; the driver alone writes the store.
 
 * ``local`` (:class:`LocalExecutor`, the default): one cell after another on this machine, in
-  this process, or in a child process killed at the cell time limit when one is set.
+  this process, or in a child process (cells with third-party plugins, and every cell when a
+  cell time limit is set: it is killed at the limit).
 * ``ray`` (:class:`RayExecutor`): one Ray task a cell, GPUs requested where the cluster has them.
 """
 

@@ -29,8 +29,9 @@ from .base import Executor, Outcome
 
 
 class LocalExecutor(Executor):
-    """Runs cells one after another, in this process or (with ``cell_timeout``) in a child
-    process that is killed when a cell overruns the limit."""
+    """Runs cells one after another: first-party cells in this process, cells with
+    third-party plugins (and, with ``cell_timeout``, every cell) in a child process that is
+    killed when a cell overruns the limit."""
 
     name = "local"
 
