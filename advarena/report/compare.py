@@ -101,7 +101,8 @@ MEANS = frozenset({
     "rho_2", "empirical_robustness", "rho_inf", "cw_l2", "distortion", "training_set_distance",
     "loss_sensitivity", "fgsm_loss"})
 EXACT = frozenset({
-    "passes_per_example", "forward_per_example", "backward_per_example", "data_copies", "kept",
+    "passes_per_example", "forward_per_example", "backward_per_example",
+    "backward_sweeps_per_example", "data_copies", "kept",
     "eps_ref"})
 HIGHER_IS_BETTER = frozenset(PROPORTIONS - {"success_rate"} | {
     "final_val_accuracy", "rho_2", "empirical_robustness", "rho_inf", "cw_l2", "distortion",
@@ -110,6 +111,7 @@ LOWER_IS_BETTER = frozenset({
     "success_rate", "zero_gradient_share", "nonfinite_gradient_share",
     "loss_sensitivity", "fgsm_loss", "loss_landscape", "overhead",
     "total_overhead", "passes_per_example", "forward_per_example", "backward_per_example",
+    "backward_sweeps_per_example",
     "data_copies", "median_epoch_seconds", "total_seconds"})
 # Protocols whose accuracies are over a subset selected by trained models: equal n does not mean
 # the same examples (pair them only on an equal ``extra.examples`` fingerprint).
