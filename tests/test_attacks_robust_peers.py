@@ -10,11 +10,14 @@ Findings (where a peer does something different, and who is right):
   draws window corners with ``randint(0, h - s)``, i.e. from ``{0, ..., h - s - 1}``: a window
   never reaches the last row or the last column, so those pixels keep their initial value for
   the whole run. The paper's Algorithms 2-3 draw from ``{0, ..., h - s}``; advarena follows the
-  paper. On 8x8 digits the frozen border matters (about 10 points of robust accuracy at 500-1000
+  paper. On 8x8 digits the frozen border matters (about 10 points of robust accuracy at 300 to 1000
   queries, Linf and L2 alike); with the authors' draw patched in, advarena agrees with
   torchattacks within 2 points, and the tests below check all three facts. torchattacks also
   draws one window (and, under Linf, one sign) for the whole batch, advarena one per example
-  as the paper; that alone changes little here.
+  as the paper; that alone changes little here. Under Linf, torchattacks also spends queries on
+  candidates the box clipped back to the current point (the authors' code redraws them, and so
+  does advarena, see ``square.spend_no_query_on_nothing``): about 2 points at 300 queries, also
+  patched out for the agreement check.
 * torchattacks.Square's ``n_queries=q`` makes up to ``q + 1`` queries (the initial point plus
   ``q`` iterations); advarena's ``n_queries`` counts the initial point, so the peer gets
   ``q - 1``.
@@ -38,7 +41,8 @@ N = 200
 TOL = 0.02  # robust-accuracy agreement, as a fraction of examples
 EPS_LINF = 0.1  # mid-range robust accuracy on the digits CNN: differences show
 EPS_L2 = 0.5
-QUERIES = 500
+QUERIES = 200
+SEEDS = (0, 1, 2, 3, 4, 5)
 
 
 @pytest.fixture(scope="module")
@@ -153,21 +157,31 @@ def test_apgd_t_agrees_with_torchattacks(digits):
                                              ("square-l2", "L2", EPS_L2)])
 def test_square_agrees_with_torchattacks_given_its_corner_draw(digits, monkeypatch, name,
                                                                norm, eps):
+    """A random search: one seed's robust accuracy varies by up to +-3 points here, so both
+    sides are averaged over SEEDS (the mean of 6 has a standard error under 1 point)."""
     import importlib
 
     import torchattacks
 
     model, x, y = digits
-    peer_x = torchattacks.Square(model, norm=norm, eps=eps, n_queries=QUERIES - 1, seed=0)(x, y)
-    peer = accuracy(model, peer_x, y)
-    ours = accuracy(model, advarena.attack(name, n_queries=QUERIES)(model, x, y, eps=eps), y)
-    # Ours (the paper's draw) is no weaker than the peer's ...
-    assert ours <= peer + TOL, f"{name}: {ours:.3f} vs torchattacks {peer:.3f}"
+
+    def ours(seeds=SEEDS):
+        attack = advarena.attack(name, n_queries=QUERIES)
+        return sum(accuracy(model, attack(model, x, y, eps=eps, seed=s), y)
+                   for s in seeds) / len(seeds)
+
+    peer = sum(accuracy(model, torchattacks.Square(model, norm=norm, eps=eps,
+                                                   n_queries=QUERIES - 1, seed=s)(x, y), y)
+               for s in SEEDS) / len(SEEDS)
+    # Ours (the paper's corner draw) is no weaker than the peer ...
+    paper = ours(SEEDS[:2])
+    assert paper <= peer + TOL, f"{name}: {paper:.3f} vs torchattacks {peer:.3f}"
     # ... and with the authors' draw patched in, the two agree.
     module = importlib.import_module(f"advarena_attacks.{name.replace('-', '_')}")
     monkeypatch.setattr(module, "random_corners", authors_corners)
-    patched = accuracy(model, advarena.attack(name, n_queries=QUERIES)(model, x, y, eps=eps), y)
-    assert_agree(patched, peer, f"torchattacks.Square({norm})")
+    if name == "square":  # and AutoAttack's habit of querying unchanged candidates
+        monkeypatch.setattr(module, "spend_no_query_on_nothing", lambda cand, flipped, xb: cand)
+    assert_agree(ours(), peer, f"torchattacks.Square({norm})")
 
 
 def test_torchattacks_square_never_moves_the_last_column(digits):
@@ -281,6 +295,10 @@ def test_square_uses_scores_only_and_counts_its_queries(digits, name, eps):
     # Every counted query is a real model evaluation (carried-along rows are not counted).
     assert int(queries.sum()) <= rec.rows
     assert perturbation_norm(x_adv - x, attack.threat_model.norm).max() <= eps * (1 + 1e-5)
+    # In batches, as the harness calls it: the log lines up with the examples.
+    attack(rec, x[:50], y[:50], eps=eps)
+    attack(rec, x[50:], y[50:], eps=eps)
+    assert [len(t) for t in attack.query_log] == [N, 50, N - 50]
 
 
 def test_square_stops_querying_fooled_examples(digits):
@@ -302,3 +320,31 @@ def test_square_stops_querying_fooled_examples(digits):
         attack = advarena.attack(name, n_queries=100)
         attack(AlwaysZero().eval(), x, y, eps=eps)
         assert bool((attack.last_queries == 1).all())
+
+
+def test_dlr_on_two_classes_is_a_clear_parameter_error():
+    from advarena.errors import ParameterError
+    from advarena_attacks._losses import dlr
+
+    with pytest.raises(ParameterError, match="at least 3 classes"):
+        dlr(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long))
+
+
+def test_square_schedule_is_the_authors():
+    import torchattacks
+    from advarena_attacks._square import p_schedule
+
+    for n_iters in (99, 999, 4999):
+        peer = torchattacks.Square(nn.Identity(), n_queries=n_iters, p_init=0.8)
+        assert [p_schedule(0.8, i, n_iters) for i in range(n_iters)] == [
+            peer.p_selection(i) for i in range(n_iters)]
+
+
+def test_square_windows_reach_every_pixel():
+    """The paper's corner draw covers the last row and column (the authors' does not)."""
+    from advarena_attacks._square import random_corners, window_mask
+
+    gen = torch.Generator().manual_seed(0)
+    for s in (1, 3, 7, 8):
+        rows, cols = random_corners(2000, s, 8, 8, gen, "cpu")
+        assert bool(window_mask(rows, cols, s, 8, 8).any(0).all())

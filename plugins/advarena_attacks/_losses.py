@@ -17,12 +17,21 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from advarena.errors import ParameterError
+
 LossName = Literal["ce", "margin", "dlr"]
 LOSS_CHOICES = ("ce", "margin", "dlr")
 # Croce & Hein's (and the authors' code's) guard against a zero denominator in DLR.
 _DLR_TINY = 1e-12
 
 Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _need_classes(logits: torch.Tensor, n: int, what: str) -> None:
+    # A shape check (a Python int): no host sync.
+    if logits.shape[1] < n:
+        raise ParameterError(f"the {what} loss needs at least {n} classes, the model has "
+                             f"{logits.shape[1]}; use loss='margin'")
 
 
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -51,6 +60,7 @@ def dlr(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     order; ``1e-12`` is added to the denominator as in the authors' code. Needs >= 3 classes.
 
     Invariant to ``z -> a z + b`` for ``a > 0`` (up to the 1e-12), hence to logit scaling."""
+    _need_classes(logits, 3, "DLR")
     true, other = _true_and_best_other(logits, y)
     top = logits.topk(3, dim=1).values
     return -(true - other) / (top[:, 0] - top[:, 2] + _DLR_TINY)
@@ -60,6 +70,7 @@ def dlr_targeted(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) ->
     """Targeted DLR, Croce & Hein 2020 eq. 7:
     ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)`` (1e-12 added as in the authors' code).
     Needs >= 4 classes."""
+    _need_classes(logits, 4, "targeted DLR")
     true = logits.gather(1, y[:, None]).squeeze(1)
     tgt = logits.gather(1, target[:, None]).squeeze(1)
     top = logits.topk(4, dim=1).values

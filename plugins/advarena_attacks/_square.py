@@ -10,6 +10,9 @@ from collections.abc import Callable
 
 import torch
 
+from advarena.api import Attack
+from advarena.params import param
+
 from ._losses import margin
 
 # The active set is re-gathered (one host sync) at query indices that are powers of two and at
@@ -25,8 +28,8 @@ Proposal = Callable[[torch.Tensor, torch.Tensor, int, float, torch.Generator | N
 def p_schedule(p_init: float, i: int, n_iters: int) -> float:
     """The fraction ``p`` of pixels a square covers at iteration ``i`` (0-based) of ``n_iters``:
     the authors' piecewise-constant schedule for 10000 iterations, halving ``p`` at iterations
-    10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000, rescaled to ``n_iters`` (paper sec. 3,
-    "the schedule ... rescaled if a different query limit is used"; the authors' ``p_selection``)."""
+    10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000, rescaled to ``n_iters`` (paper sec. 3 and
+    its appendix; the authors' ``p_selection``, AutoAttack's with ``resc_schedule``)."""
     it = int(i / n_iters * 10000)
     for k, bound in enumerate((10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)):
         if it <= bound:
@@ -132,3 +135,36 @@ def square_side(p: float, h: int, w: int, minimum: int) -> int:
     """Side of a square covering the fraction ``p`` of the ``h x w`` pixels, at least
     ``minimum`` and at most ``min(h, w)``."""
     return min(max(int(round(math.sqrt(p * h * w))), minimum), h, w)
+
+
+class SquareBase(Attack):
+    """Parameters and ``run`` shared by ``square`` and ``square-l2``; a subclass supplies
+    :meth:`start` (the initial point) and :meth:`proposal` (the candidate rule). No ``name``:
+    never registered itself."""
+
+    eps: float = param(0.3, ge=0, help="budget")
+    n_queries: int = param(5000, ge=1, help="query budget per example")
+    p_init: float = param(0.8, gt=0, le=1, help="initial fraction of pixels per square")
+
+    def start(self, x: torch.Tensor, eps: float, bounds, generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def proposal(self, shape, eps: float, bounds) -> Proposal:
+        raise NotImplementedError
+
+    def run(self, model, inputs, labels, eps, generator=None):
+        x = as_images(inputs)
+
+        def scores(z):
+            return model(z.reshape(len(z), *inputs.shape[1:]))
+
+        with torch.no_grad():
+            x_init = self.start(x, eps, model.bounds, generator)
+            x_best, queries = random_search(
+                scores, x, labels, x_init, self.n_queries, self.p_init,
+                self.proposal(x.shape, eps, model.bounds), generator)
+        # Plain attributes, not parameters: this call's counts, and every call's in order (the
+        # harness attacks in batches; torch.cat(attack.query_log) covers them all).
+        self.last_queries = queries
+        self.__dict__.setdefault("query_log", []).append(queries)
+        return x_best.reshape(inputs.shape)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from advarena.api import ThreatModel
@@ -9,6 +11,12 @@ from advarena.params import param
 
 from ._apgd import APGDBase
 from ._losses import dlr_targeted
+
+
+def _towards(target: torch.Tensor, todo: torch.Tensor):
+    """The targeted DLR objective of the examples ``todo``, each towards its ``target``."""
+    chosen = target[todo]
+    return lambda logits, y: dlr_targeted(logits, y, chosen)
 
 
 class APGDT(APGDBase):
@@ -69,7 +77,5 @@ class APGDT(APGDBase):
             ranked = model(inputs).argsort(dim=1, descending=True)
         n = min(self.n_target_classes, ranked.shape[1] - 1)
         for k in range(1, n + 1):  # rank k (0-based) is the (k+1)-th largest logit
-            target = ranked[:, k]
             for _ in range(self.n_restarts):
-                yield lambda todo, t=target: (
-                    lambda logits, y, tt=t[todo]: dlr_targeted(logits, y, tt))
+                yield functools.partial(_towards, ranked[:, k])

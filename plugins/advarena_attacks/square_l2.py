@@ -6,12 +6,12 @@ import functools
 
 import torch
 
-from advarena.api import Attack, ThreatModel
+from advarena.api import ThreatModel
 from advarena.params import param
 
 from ._grad import normalize, per_example_norm
-from ._square import (as_images, extract, place, random_corners, random_search, random_signs,
-                      square_side, window_mask)
+from ._square import (SquareBase, extract, place, random_corners, random_signs, square_side,
+                      window_mask)
 
 
 def _rings(a: int, b: int) -> torch.Tensor:
@@ -26,6 +26,12 @@ def _rings(a: int, b: int) -> torch.Tensor:
     return out / out.norm() if out.numel() else out
 
 
+def _to_ball(x: torch.Tensor, delta: torch.Tensor, eps: float, bounds) -> torch.Tensor:
+    """``x + eps * delta / ||delta||_2`` clipped to the box (the authors' rescaling: every
+    candidate uses the whole budget; the clipping only shrinks it)."""
+    return (x + eps * normalize(delta, 2)).clamp(*bounds)
+
+
 @functools.lru_cache(maxsize=64)
 def bump(s: int) -> torch.Tensor:
     """The paper's update shape ``eta`` (sec. 3.2, Fig. 2): an ``s x s`` square of two halves,
@@ -35,7 +41,7 @@ def bump(s: int) -> torch.Tensor:
     return (out / out.norm()).float()
 
 
-class SquareL2(Attack):
+class SquareL2(SquareBase):
     """Square Attack under L2 (Algorithm 3 of the paper): a random search that uses only the
     model's scores, never a gradient.
 
@@ -53,7 +59,7 @@ class SquareL2(Attack):
 
     Queries are counted per example: after each call ``attack.last_queries`` holds a ``(B,)``
     integer tensor of the model evaluations each example used (1 to ``n_queries``, the initial
-    point included).
+    point included) and ``attack.query_log`` every call's, in order (as ``square``).
 
     Paper: Andriushchenko, Croce, Flammarion, Hein, "Square Attack: a query-efficient black-box
     adversarial attack via random search" (ECCV 2020) sec. 3.2, Algorithm 3; the update follows
@@ -94,16 +100,12 @@ class SquareL2(Attack):
     threat_model = ThreatModel(norm="l2", access="score")
 
     eps: float = param(0.5, ge=0, help="L2 budget")
-    n_queries: int = param(5000, ge=1, help="query budget per example")
-    p_init: float = param(0.8, gt=0, le=1, help="initial fraction of pixels per square")
 
-    def run(self, model, inputs, labels, eps, generator=None):
-        x = as_images(inputs)
-        b, c, h, w = x.shape
-        lo, hi = model.bounds
+    def start(self, x, eps, bounds, generator):
+        return _to_ball(x, self._initial(x, generator), eps, bounds)
 
-        def to_ball(xc, delta):
-            return (xc + eps * normalize(delta, 2)).clamp(lo, hi)
+    def proposal(self, shape, eps, bounds):
+        _, c, h, w = shape
 
         def propose(xc, xb, i, p, gen):
             n = len(xc)
@@ -126,16 +128,9 @@ class SquareL2(Attack):
             new = new / new.square().sum((2, 3), keepdim=True).sqrt().clamp_min(1e-12)
             new = new * (spare + mass).sqrt()
             delta = torch.where(m1, place(new, r1, c1, h, w), delta * ~m2)
-            return to_ball(xc, delta)
+            return _to_ball(xc, delta, eps, bounds)
 
-        def scores(z):
-            return model(z.reshape(len(z), *inputs.shape[1:]))
-
-        with torch.no_grad():
-            x_best, self.last_queries = random_search(
-                scores, x, labels, to_ball(x, self._initial(x, generator)), self.n_queries,
-                self.p_init, propose, generator)
-        return x_best.reshape(inputs.shape)
+        return propose
 
     @staticmethod
     def _initial(x, generator):
