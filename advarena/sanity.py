@@ -104,8 +104,8 @@ def compute_flags(records: list[dict[str, Any]], reference: list[dict[str, Any]]
             f"worst-case white-box accuracy {t['value']:.3f} at the largest "
             f"{t['extra'].get('norm')} eps {t['eps']:g} (expected <= {LARGE_EPS_MAX_ACCURACY})"
             for t in (unbroken or tops)), "not broken at a large eps")
-        rising = [(a, b) for w in worst_by_norm.values() for a, b in zip(w, w[1:])
-                  if _above(b, a)]
+        rising = [(a, b) for w in _common_worst(wb, worst_by_norm).values()
+                  for a, b in zip(w, w[1:]) if _above(b, a)]
         flag("accuracy_rises_with_eps", bool(rising),
              "worst-case accuracy rises significantly from eps " + ", ".join(
                  f"{a['eps']:g} to {b['eps']:g}" for a, b in rising) if rising else
@@ -133,6 +133,36 @@ def compute_flags(records: list[dict[str, Any]], reference: list[dict[str, Any]]
     if checks is None:
         _minimal_flag(records, flag)
     return flags
+
+
+def _common_worst(wb: list[dict], worst_by_norm: dict[str, list[dict]]
+                  ) -> dict[str, list[dict]]:
+    """Per norm and eps (ascending), the worst case over the attacks that ran at *every* eps of
+    the sweep (score-based attacks may run at some eps only, and a worst case over more attacks
+    at one eps must not look like a rise at the next); the protocol's own worst-case records
+    where the per-example outcomes are missing."""
+    from .stats import wilson
+
+    out = {}
+    for norm, worst in worst_by_norm.items():
+        eps = [w["eps"] for w in worst]
+        by_eps: dict[float, dict[str, list[bool] | None]] = defaultdict(dict)
+        for r in wb:
+            if r["metric"] == "robust_accuracy" and r["extra"].get("norm", "linf") == norm:
+                by_eps[r["eps"]][r["attack"]] = _bits(r)
+        common = set.intersection(*(set(by_eps[e]) for e in eps)) if eps else set()
+        rows = [[by_eps[e][a] for a in sorted(common)] for e in eps]
+        if not common or any(b is None for row in rows for b in row):
+            out[norm] = worst
+            continue
+        out[norm] = []
+        for e, row in zip(eps, rows):
+            mask = _and(row)
+            k, n = sum(mask), len(mask)
+            lo, hi = wilson(k, n)
+            out[norm].append({"eps": e, "value": k / n if n else 0.0, "ci_low": lo,
+                              "ci_high": hi})
+    return out
 
 
 def _gradient_flags(wb: list[dict], flag) -> None:

@@ -17,6 +17,8 @@ default) with the quick suite's attacks, parameters and eps, on ``ADVARENA_BENCH
   example (counted by a wrapper around the model), and their ratio;
 * ``square_queries_per_example``: Square's model evaluations per example, per eps and mean.
 
+Like the white-box protocol, score-based attacks run at the suite's ``score_eps`` only.
+
 ``ADVARENA_BENCH_DEFENSE`` picks the defense trained (any that needs no reference model, e.g.
 ``none``, ``brelu``, ``fgsm-at``, ``distillation``; default ``none``). Run: ``pytest benchmarks/bench_headline.py
 --benchmark-only``.
@@ -105,6 +107,7 @@ def setting():
                 for a in bb["attacks"] for e in bb["eps"]] * len(bb["substitutes"])
     crafting = time.perf_counter() - start
     return {"model": model, "data": data, "attacks": attacks, "eps": wb["eps"],
+            "score_eps": wb.get("score_eps") or wb["eps"],
             "transfer": transfer, "crafting_seconds": crafting}
 
 
@@ -118,12 +121,13 @@ def _run(setting, groups: set[str]) -> dict:
     for name, attack in setting["attacks"].items():
         if attack.threat_model.access not in groups:
             continue
-        for eps in setting["eps"]:
+        score = attack.threat_model.access == "score"
+        for eps in setting["score_eps"] if score else setting["eps"]:
             before = model.forward_rows
             x_adv = run_checked(attack, model, x, y, eps=eps)
             with torch.no_grad():
                 model(x_adv)
-            if attack.threat_model.access == "score":
+            if score:
                 queries[f"{name}@{eps:g}"] = (model.forward_rows - before) / len(x) - 1
     if "transfer" in groups:
         with torch.no_grad():

@@ -291,3 +291,24 @@ def test_repeated_attacks_report_error_rates_on_the_robust_learner(setup):
     assert error.attack == "adam-evasion"
     # Every clean error counts, and the attack adds errors on this undefended model.
     assert error.value > 1 - recs["accuracy"].value
+
+
+def test_a_score_based_attack_at_some_eps_only_does_not_look_like_a_rise():
+    # Square ran at eps 0.1 only (score_eps): the protocol's worst case there is lower than at
+    # 0.2, but over the attacks that ran at every eps (pgd) accuracy falls
+    pgd = {0.1: [1] * 60 + [0] * 40, 0.2: [1] * 55 + [0] * 45}
+    records = [rec("white-box", "robust_accuracy", None, eps=e, attack="pgd", bits=b,
+                   norm="linf", access="gradient") for e, b in pgd.items()]
+    records.append(rec("white-box", "robust_accuracy", None, eps=0.1, attack="square",
+                       bits=[1] * 20 + [0] * 80, norm="linf", access="score"))
+    records += [rec("white-box", "worst_case_accuracy", None, eps=0.1, bits=[1] * 20 + [0] * 80,
+                    norm="linf"),
+                rec("white-box", "worst_case_accuracy", None, eps=0.2, bits=pgd[0.2],
+                    norm="linf")]
+    flags = {f.metric: f.value for f in compute_flags(records, [], {"fgsm"}, "main")}
+    assert flags["flag_accuracy_rises_with_eps"] == 0.0
+    # the same records with pgd rising for real are flagged
+    records[1] = rec("white-box", "robust_accuracy", None, eps=0.2, attack="pgd",
+                     bits=[1] * 90 + [0] * 10, norm="linf", access="gradient")
+    flags = {f.metric: f.value for f in compute_flags(records, [], {"fgsm"}, "main")}
+    assert flags["flag_accuracy_rises_with_eps"] == 1.0
