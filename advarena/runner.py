@@ -585,7 +585,7 @@ def cell_trusted(cell: Cell, env: Environment) -> bool:
     if cell.kind in ("eval", "prepare"):
         specs += [env.train_spec(k) for r, k in cell.deps.items()
                   if r in ("model", "reference") or r.startswith("shared:")]
-    elif cell.kind == "flags":
+    elif cell.kind in ("flags", "headline"):
         return True  # reads the store only
     for spec in specs:
         for role, kind in (("dataset", "datasets"), ("architecture", "architectures"),
