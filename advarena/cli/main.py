@@ -202,6 +202,7 @@ from .compare_command import compare_cmd  # noqa: E402
 cli.add_command(compare_cmd)
 from .new_plugin_command import new_plugin_cmd  # noqa: E402
 cli.add_command(new_plugin_cmd)
+from .papers_command import papers_cmd; cli.add_command(papers_cmd)  # noqa: E402,E702
 
 if __name__ == "__main__":  # pragma: no cover
     main()
