@@ -272,3 +272,19 @@ attacks = ["deepfool"]
     assert row and float(row.group(1)) > 0
     assert re.search(r"\| MLP / Reference \| Acc\.@0\.5 eps_ref \| 29\.08 % \| [0-9.]+ \|", out)
     assert "| LeNet / Ours | Acc. | 99.34 % | not run |" in out
+
+
+def test_records_of_another_papers_suite_are_not_matched(tmp_path, capsys):
+    """002's suite trains a LeNet on MNIST too; 003's table must not read it as its LeNet-5."""
+    store = Store.open(tmp_path / "s")
+    plant(store, "wb-lenet", "none", "white-box", [accuracy_measurement("accuracy", mask(396))],
+          architecture="lenet5", suite="paper-002-t1-reduced")
+    store.close()
+    code, _, err = invoke(["papers", "--store", tmp_path / "s", "--table", "003-t1",
+                           "--table", "002-t1", "--out", tmp_path / "o", "--format", "json"],
+                          capsys)
+    assert code == 0, err
+    res = json.loads((tmp_path / "o" / "papers.json").read_text())
+    assert table(res, "003-t1")["summary"]["measured"] == 0
+    assert table(res, "003-t1")["suites_run"] == []
+    assert cell(table(res, "002-t1"), "lenet.ref.acc")["measured"]["value"] == pytest.approx(99.0)

@@ -7,6 +7,9 @@ Reads the store only and returns data; ``advarena papers`` prints and writes.
 
 Choices:
 
+* Only records produced by a run of the table's suite or reduced suite (by the suite's
+  ``name``) are read: a LeNet trained by 002's suite is not 003's LeNet-5. A suite of your own
+  counts if it carries one of those names.
 * Records a cell matches are grouped by seed; within a seed the record with the most examples
   wins (a full run beside a reduced one), the latest on a tie. Over seeds the value is the mean
   and the interval spans every seed's interval (:func:`advarena.report.leaderboard.aggregate`).
@@ -201,20 +204,20 @@ def _verdict(states: list[str]) -> str:
     return "not confirmed"
 
 
-def _suites_run(store: Store) -> dict[str, int]:
-    out: dict[str, int] = {}
+def _suites_run(store: Store) -> dict[str, str]:
+    """Run id -> the name of the suite it ran."""
+    out: dict[str, str] = {}
     for run in store.runs():
         name = (run.get("suite") or {}).get("name")
         if isinstance(name, str):
-            out[name] = out.get(name, 0) + 1
+            out[run["id"]] = name
     return out
 
 
 def build(store: Store, table_ids: list[str] | None = None, *, include_unrun: bool = False
           ) -> dict[str, Any]:
-    """Every paper table whose suite (or reduced suite) ran in ``store`` (or that has a
-    measured cell; all of them with ``include_unrun``), compared cell by cell and claim by
-    claim."""
+    """Every paper table whose suite (or reduced suite) ran in ``store`` (all of them with
+    ``include_unrun``, or those of ``table_ids``), compared cell by cell and claim by claim."""
     all_tables = paper_data.tables()
     known = {t["id"] for t in all_tables}
     if table_ids:
@@ -230,10 +233,12 @@ def build(store: Store, table_ids: list[str] | None = None, *, include_unrun: bo
         if table_ids and table["id"] not in table_ids:
             continue
         cells = {c["id"]: c for c in table["cells"]}
-        seeds = {cid: _per_seed([r for r in records if _matches(c["match"], r, specs)])
+        own = (table["suite"], table["reduced_suite"])
+        mine = [r for r in records if ran.get(r.get("run_id")) in own]
+        seeds = {cid: _per_seed([r for r in mine if _matches(c["match"], r, specs)])
                  for cid, c in cells.items()}
         results = {cid: _cell_result(cells[cid], seeds[cid]) for cid in cells}
-        suites = [s for s in (table["suite"], table["reduced_suite"]) if s in ran]
+        suites = [s for s in own if s in ran.values()]
         measured = [r for r in results.values() if r["measured"] is not None]
         if not (include_unrun or table_ids) and not suites and not measured:
             continue
