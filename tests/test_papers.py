@@ -15,22 +15,11 @@ import pytest
 import torch
 
 from advarena import papers
-from advarena.cli.main import main
 from advarena.evaluation import accuracy_measurement, mean_measurement
 from advarena.store import Store
+from test_cli import invoke  # main() in this process: (exit status, stdout, stderr)
 
 N = 400
-
-
-def invoke(args, capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def plant(store: Store, key: str, defense: str, protocol: str, measurements, *,

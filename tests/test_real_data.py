@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 import advarena
-from advarena.cli.main import main
 from advarena.papers.derive import smoke_suite
+from test_cli import invoke  # main() in this process: (exit status, stdout, stderr)
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
@@ -34,17 +34,6 @@ def data_dir() -> Path:
             pytest.fail(f"the Fashion-MNIST files are missing in CI under {folder} ({hint})")
         pytest.skip(f"the Fashion-MNIST files are not under {folder} ({hint}); CI installs them")
     return folder
-
-
-def invoke(args, capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_the_official_files_load_whole():
