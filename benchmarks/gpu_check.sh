@@ -8,7 +8,8 @@
 # Checks, each timed:
 #   cuda-tests       pytest -m cuda tests (the tests that need a CUDA device; they skip without)
 #   pgd-bench        benchmarks/bench_pgd.py: PGD against its forward+backward limit (ratio)
-#   train-amp-bf16   the quick suite's training and white-box protocol with --amp bf16
+#   train-amp-bf16   the quick suite's training and white-box protocol with --amp bf16 (clean
+#                    accuracy and the device the records name)
 #   train-chlast     the same with --channels-last
 #   paper-suite      paper-004-t1-reduced (004 Tables 1-2) with --device DEVICE, then
 #                    `advarena papers` on its store
@@ -60,9 +61,10 @@ now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 tail1() { tail -n "${2:-1}" "$1" | tr '\n|' '  ' | cut -c1-150; }
 
-# 1. CUDA-marked tests
+# 1. CUDA-marked tests (only the files that have any: collecting every test costs time)
 t=$(now)
-"$PY" -m pytest -m cuda tests -q -p no:cacheprovider >"$WORK/cuda-tests.log" 2>&1
+mapfile -t cuda_files < <(grep -l "pytest.mark.cuda" tests/test_*.py)
+"$PY" -m pytest -m cuda "${cuda_files[@]}" -q -p no:cacheprovider >"$WORK/cuda-tests.log" 2>&1
 rc=$?
 # pytest: 5 = nothing collected (no test selected), which is not a failure
 if [ $rc -eq 0 ] || [ $rc -eq 5 ]; then st=pass; else st=fail; fi
@@ -70,8 +72,10 @@ row cuda-tests $st "$(since "$t")" "$(tail1 "$WORK/cuda-tests.log")"
 
 # 2. PGD benchmark: ratio of PGD to its forward+backward limit (target within 1.15)
 t=$(now)
-sel=(); [ $SMOKE = 1 ] && sel=(-k digits)
-"$PY" -m pytest benchmarks/bench_pgd.py --benchmark-only -q -p no:cacheprovider "${sel[@]}" \
+# the folder, not the file: benchmarks/conftest.py collects bench_*.py, and a file named on the
+# command line would be collected a second time
+sel="test_pgd_against_limit"; [ $SMOKE = 1 ] && sel="$sel and digits"
+"$PY" -m pytest benchmarks --benchmark-only -q -p no:cacheprovider -k "$sel" \
   --benchmark-json "$WORK/pgd.json" >"$WORK/pgd.log" 2>&1
 if [ $? -eq 0 ] && [ -f "$WORK/pgd.json" ]; then
   detail=$("$PY" - "$WORK/pgd.json" <<'EOF'
@@ -90,11 +94,22 @@ else
   row pgd-bench fail "$(since "$t")" "$(tail1 "$WORK/pgd.log")"
 fi
 
-# 3-4. Mixed precision and channels_last training (the quick suite: digits, embedded)
+# 3-4. Mixed precision and channels_last training (the quick suite: digits, embedded; with
+# --smoke 3 epochs, 100 examples, two attacks)
+QUICK=quick
+if [ $SMOKE = 1 ]; then
+  QUICK="$WORK/quick-smoke.toml"
+  "$PY" -c "
+import sys
+from advarena.papers.derive import derived_suite, to_toml
+open(sys.argv[1], 'w').write(to_toml(derived_suite('quick', overrides={
+    'train': {'epochs': 3}, 'eval': {'n_examples': 100, 'batch_size': 100},
+    'protocols': {'white-box': {'attacks': ['fgsm', 'pgd']}}})))" "$QUICK"
+fi
 for variant in amp-bf16 chlast; do
   flags=(--amp bf16); [ $variant = chlast ] && flags=(--channels-last)
   t=$(now)
-  "${ADV[@]}" run --suite quick --defense none --protocol white-box --device "$DEVICE" \
+  "${ADV[@]}" run --suite "$QUICK" --defense none --protocol white-box --device "$DEVICE" \
     "${flags[@]}" --store "$WORK/store-$variant" --quiet --output "$WORK/$variant.json" \
     >"$WORK/$variant.log" 2>&1
   if [ $? -eq 0 ]; then
