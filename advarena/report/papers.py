@@ -22,7 +22,8 @@ Choices:
   pools them. Verdicts: ``holds`` (every pair significant in the claimed direction),
   ``holds, not significant`` (every pair in the claimed direction, some not significant),
   ``contradicted`` (some pair significant against it), ``not confirmed`` (some pair reversed,
-  none significantly), ``not measured`` (a cell has no record).
+  none significantly), ``not measured`` (no pair has records on both sides). Where only some
+  pairs are measured, the verdict is theirs, with "(k of n comparisons measured)".
 """
 
 from __future__ import annotations
@@ -192,9 +193,12 @@ def _claim_result(claim: dict[str, Any], cells: dict[str, dict],
     return out
 
 
-def _verdict(states: list[str]) -> str:
-    if not states or any(s in ("not measured", "untested") for s in states):
+def _verdict(all_states: list[str]) -> str:
+    states = [s for s in all_states if s not in ("not measured", "untested")]
+    if not states:
         return "not measured"
+    if len(states) < len(all_states):  # judged on the comparisons that could be made
+        return f"{_verdict(states)} ({len(states)} of {len(all_states)} comparisons measured)"
     if any(s == "contradicted" for s in states):
         return "contradicted"
     if all(s == "holds" for s in states):
@@ -253,7 +257,8 @@ def build(store: Store, table_ids: list[str] | None = None, *, include_unrun: bo
             "summary": {"cells": len(results), "measured": len(measured),
                         "inside": sum(1 for r in judged if r["inside"]),
                         "judged": len(judged),
-                        "claims": {v: sum(1 for c in claims if c["verdict"] == v)
+                        "claims": {v: sum(1 for c in claims
+                                          if c["verdict"].split(" (")[0] == v)
                                    for v in ("holds", "holds, not significant",
                                              "not confirmed", "contradicted",
                                              "not measured")}}})
