@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import pickle
@@ -58,6 +59,89 @@ def test_mnist_limits_take_the_first_examples(tmp_path):
     splits = advarena.dataset("mnist", limit_train=5, limit_test=3).load(tmp_path)
     assert len(splits.train) == 5 and len(splits.test) == 3
     assert splits.train.y.tolist() == made["train"][1][:5].tolist()
+
+
+def write_mnist_files(folder, gz: bool, n_train: int = 20, n_test: int = 10):
+    """The four files as distributed: ``<folder>/train-images-idx3-ubyte[.gz]`` etc."""
+    made = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        x = RNG.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        y = RNG.integers(0, 10, size=n, dtype=np.uint8)
+        for stem, arr in ((f"{prefix}-images-idx3-ubyte", x), (f"{prefix}-labels-idx1-ubyte", y)):
+            write_idx(folder / stem, arr)
+            if gz:
+                raw = (folder / stem).read_bytes()
+                (folder / f"{stem}.gz").write_bytes(gzip.compress(raw))
+                (folder / stem).unlink()
+        made[prefix] = (x, y)
+    return made
+
+
+@pytest.mark.parametrize("gz", [True, False], ids=["gzip", "raw"])
+@pytest.mark.parametrize("layout", ["flat", "named", "torchvision"])
+@pytest.mark.parametrize("name, folder", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")])
+def test_mnist_reads_the_official_files_in_every_layout(tmp_path, name, folder, layout, gz):
+    where = {"flat": tmp_path, "named": tmp_path / name,
+             "torchvision": tmp_path / folder / "raw"}[layout]
+    made = write_mnist_files(where, gz)
+    splits = advarena.dataset(name).load(tmp_path)
+    x, y = made["t10k"]
+    torch.testing.assert_close(splits.test.x, torch.from_numpy(x).float().unsqueeze(1) / 255)
+    assert splits.test.y.tolist() == y.tolist() and len(splits.train) == 20
+    limited = advarena.dataset(name, limit_train=3, limit_test=2).load(tmp_path)
+    assert limited.train.y.tolist() == made["train"][1][:3].tolist() and len(limited.test) == 2
+
+
+def _corrupt(path, gz: bool, data: bytes) -> None:
+    (path.with_name(path.name + ".gz") if gz else path).write_bytes(
+        gzip.compress(data) if gz else data)
+
+
+@pytest.mark.parametrize("gz", [True, False], ids=["gzip", "raw"])
+@pytest.mark.parametrize("fault, match", [
+    ("swapped", "magic 0x00000803 expected, found 0x00000801"),
+    ("shape", "IDX shape 10x28x27"),
+    ("truncated", "truncated"),
+    ("trailing", "more bytes than its header"),
+    ("count", "disagree in number"),
+    ("label", "classes are 0-9"),
+    ("pickle", "not an IDX file"),
+])
+def test_mnist_rejects_bad_idx_with_one_line(tmp_path, gz, fault, match):
+    made = write_mnist_files(tmp_path, gz=False)
+    images, labels = tmp_path / "t10k-images-idx3-ubyte", tmp_path / "t10k-labels-idx1-ubyte"
+    x, y = made["t10k"]
+    target, header = images, struct.pack(">HBB", 0, 8, 3) + struct.pack(">3I", 10, 28, 28)
+    data = {"swapped": labels.read_bytes(),
+            "shape": struct.pack(">HBB", 0, 8, 3) + struct.pack(">3I", 10, 28, 27)
+            + x[:, :, :27].tobytes(),
+            "truncated": header + x.tobytes()[:-5],
+            "trailing": header + x.tobytes() + b"\0",
+            "count": struct.pack(">HBB", 0, 8, 3) + struct.pack(">3I", 9, 28, 28)
+            + x[:9].tobytes(),
+            "label": None,
+            "pickle": pickle.dumps({"x": 1})}[fault]
+    if fault == "label":
+        target, data = labels, struct.pack(">HBB", 0, 8, 1) + struct.pack(">I", 10) + bytes(
+            [1] * 9 + [10])
+    if gz:
+        target.unlink()
+    _corrupt(target, gz, data)
+    with pytest.raises(DataError, match=match) as err:
+        advarena.dataset("mnist").load(tmp_path)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("mnist:") and "t10k" in msg
+
+
+def test_mnist_needs_all_four_files_in_one_folder(tmp_path):
+    write_mnist_files(tmp_path, gz=True)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    write_mnist_files(tmp_path / "mnist", gz=False)  # the complete set one level down wins
+    assert len(advarena.dataset("mnist").load(tmp_path).test) == 10
+    (tmp_path / "mnist" / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(DataError, match="no MNIST files under") as err:
+        advarena.dataset("mnist").load(tmp_path)
+    assert "--data-dir" in str(err.value)
 
 
 def write_cifar(root, sizes=(4, 4, 4, 4, 4), n_test=6, protocol=pickle.DEFAULT_PROTOCOL):

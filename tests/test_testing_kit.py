@@ -404,6 +404,7 @@ def test_skip_leaves_properties_out():
         check_attack(KitStep, skip=("determinism",))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_device_catches_outputs_on_the_wrong_device():
     fails("device", check_attack, CpuOutput, match="returned a tensor on cpu")

@@ -224,6 +224,8 @@ from .evaluate_command import evaluate_cmd  # noqa: E402
 cli.add_command(evaluate_cmd)
 from .export_command import export_cmd  # noqa: E402
 cli.add_command(export_cmd)
+from .papers_command import papers_cmd  # noqa: E402
+cli.add_command(papers_cmd)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
