@@ -5,13 +5,17 @@ digits model with the same parameters.
 Peers and what they are held to (issue 3):
 
 * DeepFool: foolbox ``L2DeepFoolAttack`` (same steps, candidates, overshoot): rho_2 (002 eq. 7)
-  within 10 % and a success rate at least foolbox's. torchattacks ``DeepFool`` disagrees with
-  both, and is wrong: it applies the overshoot to each step (``x_{i+1} = clip(x_i + (1 +
-  overshoot) r_i)``) instead of to the accumulated perturbation (``x + (1 + overshoot) r_tot``,
-  Moosavi-Dezfooli et al.'s reference code, which foolbox and advarena follow) and drops the
-  reference code's ``+1e-4``; its iterates then approach the boundary geometrically and end on
-  it up to rounding, so many of its "adversarial" outputs are classified as the label again.
-  On the examples it does fool, its rho_2 agrees with ours.
+  within 10 % and a success rate at least foolbox's. torchattacks ``DeepFool`` fails on many
+  examples because it drops the reference code's ``+1e-4`` on each step's length
+  (``r_i = (|f'_l| / ||w_l||_2 + 1e-4) w_l / ||w_l||_2``): its steps end exactly on the
+  linearised boundary, the 2 % overshoot of ever shorter steps falls below float rounding, and
+  its iterates settle on the decision boundary (logit margin ~1e-6), where the model still
+  predicts the label. On this model it fails on 38 % of the examples we fool (196 of 518 test
+  digits; 42 % on the quick suite's undefended model). Where it applies the overshoot does
+  not matter: per step (``x_{i+1} = clip(x_i + (1 + overshoot) r_i)``) and on the total
+  (``clip(x + (1 + overshoot) r_tot)``, the reference code, foolbox and advarena) are the same
+  recurrence up to the clipping. With the push put back, torchattacks fools every example we
+  fool, with our rho_2 (``test_deepfool_against_torchattacks``).
 * C&W L2: foolbox ``L2CarliniWagnerAttack`` (same steps, binary steps, lr, confidence, initial
   c): success rate at least foolbox's and mean L2 of the successes at most 1.1x. foolbox 3.3.4
   has a bug here: where it finds no adversarial it returns its placeholder ``zeros_like(x)``
@@ -230,22 +234,57 @@ def test_deepfool_rho2_agrees_with_foolbox(trained):
     assert abs(r_ours - r_peer) <= 0.1 * r_peer
 
 
+def _torchattacks_deepfool_with_push():
+    """torchattacks' DeepFool with the one line it leaves out of the reference code: the
+    ``+1e-4`` on the step length. Everything else (per-example loop, per-step overshoot,
+    clipping) is torchattacks' own."""
+    import torchattacks
+
+    class Pushed(torchattacks.DeepFool):
+        def _forward_indiv(self, image, label):
+            image.requires_grad = True
+            fs = self.get_logits(image)[0]
+            if fs.argmax() != label:
+                return True, fs.argmax(), image
+            ws = self._construct_jacobian(fs, image)
+            image = image.detach()
+            wrong = [k for k in range(len(fs)) if k != label]
+            f_prime = (fs[wrong] - fs[label]).detach()
+            w_prime = ws[wrong] - ws[label]
+            norms = w_prime.flatten(1).norm(dim=1)
+            dist = f_prime.abs() / norms
+            best = dist.argmin()
+            delta = (dist[best] + 1e-4) * w_prime[best] / norms[best]
+            adv = (image + (1 + self.overshoot) * delta).clamp(0, 1).detach()
+            return False, best, adv
+
+    return Pushed
+
+
 def test_deepfool_against_torchattacks(trained):
-    """torchattacks applies the overshoot per step (see the module docstring): it fools at
-    most as many examples, and where it does fool one, its perturbation matches ours."""
+    """torchattacks fails for want of the reference code's 1e-4 push (see the module
+    docstring): its failures sit on the decision boundary, and with the push added it fools
+    every example we fool, with the same rho_2."""
     import torchattacks
 
     model, xs, ys = trained
-    x, y = xs[:20], ys[:20]   # torchattacks loops over examples in Python: slow
+    x, y = xs[:30], ys[:30]   # torchattacks loops over examples in Python: slow
     ours = advarena.attack("deepfool", max_iter=50, overshoot=0.02)(model, x, y)
-    peer_adv = torchattacks.DeepFool(model, steps=50, overshoot=0.02)(x, y)
+    plain = torchattacks.DeepFool(model, steps=50, overshoot=0.02)(x, y)
+    pushed = _torchattacks_deepfool_with_push()(model, steps=50, overshoot=0.02)(x, y)
     ok_ours, rho_ours = _success_and_rho(model, x, y, ours)
-    ok_peer, rho_peer = _success_and_rho(model, x, y, peer_adv)
-    assert int(ok_ours.sum()) >= int(ok_peer.sum())
-    both = ok_ours & ok_peer
-    if both.any():
-        r_ours, r_peer = float(rho_ours[both].mean()), float(rho_peer[both].mean())
-        assert abs(r_ours - r_peer) <= 0.1 * r_peer
+    ok_plain, _ = _success_and_rho(model, x, y, plain)
+    ok_pushed, rho_pushed = _success_and_rho(model, x, y, pushed)
+    failed = ok_ours & ~ok_plain
+    assert bool(failed.any()) and not bool((ok_plain & ~ok_ours).any())
+    with torch.no_grad():
+        z = model(plain[failed])
+    yf = y[failed]
+    margin = z.gather(1, yf[:, None])[:, 0] - z.scatter(1, yf[:, None], float("-inf")).amax(1)
+    assert bool((margin.abs() < 1e-4).all())
+    assert torch.equal(ok_pushed, ok_ours)
+    r_ours, r_peer = float(rho_ours[ok_ours].mean()), float(rho_pushed[ok_ours].mean())
+    assert abs(r_ours - r_peer) <= 0.01 * r_ours
 
 
 def test_cw_l2_against_foolbox(trained):

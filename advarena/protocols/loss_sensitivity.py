@@ -20,8 +20,13 @@ class LossSensitivity(Protocol):
     * ``loss_landscape``: the mean loss of the defended model on the grid
       ``x + e1 * sign(g_own) + e2 * sign(g_ref)`` (clipped to the box), ``g_own`` the defended
       model's loss gradient and ``g_ref`` the undefended reference's (000 Fig. 5, 004 Fig. 4).
-      The grid and the loss surface (mean over ``landscape_examples`` examples) are stored in
-      the record's ``extra`` for plots; ``value`` is the surface's mean.
+      Both steps run over ``[-landscape_radius, landscape_radius]`` (``landscape_points``
+      each, 0 included when the count is odd), so the surface shows both signs of each
+      direction as 000 Fig. 5 does (000 spans [-16, 16] along the unprotected model's gradient
+      and [-8, 32] along the related model's, in /255; a symmetric range here, one radius for
+      both). The grid (``steps``, shared by both axes; ``loss[i][j]`` is at ``e1 = steps[i]``,
+      ``e2 = steps[j]``) and the loss surface (mean over ``landscape_examples`` examples) are
+      stored in the record's ``extra`` for plots; ``value`` is the surface's mean.
     """
 
     name = "loss-sensitivity"
@@ -29,7 +34,8 @@ class LossSensitivity(Protocol):
 
     fgsm_eps: tuple[float, ...] = param((0.0, 0.05, 0.1, 0.2, 0.3, 0.5), ge=0,
                                         help="eps values of the loss-against-eps curve")
-    landscape_radius: float = param(0.3, gt=0, help="largest step along each direction")
+    landscape_radius: float = param(0.3, gt=0,
+                                    help="largest step, either sign, along each direction")
     landscape_points: int = param(11, ge=2, help="grid points per direction")
     landscape_examples: int = param(32, ge=1, help="examples averaged in the landscape")
 
@@ -56,8 +62,8 @@ class LossSensitivity(Protocol):
         d_own = own_grads[:k].sign()
         ref = ctx.reference if ctx.reference is not None else ctx.model
         d_ref = loss_gradient(ref, x, y).sign()
-        steps = torch.linspace(0, self.landscape_radius, self.landscape_points,
-                               device=x.device)
+        steps = torch.linspace(-self.landscape_radius, self.landscape_radius,
+                               self.landscape_points, device=x.device)
         # All grid points of all examples in one batch: points^2 * k forward passes.
         e1, e2 = torch.meshgrid(steps, steps, indexing="ij")
         pts = (x.unsqueeze(0) + e1.reshape(-1, 1, *[1] * (x.dim() - 1)) * d_own.unsqueeze(0)

@@ -1,15 +1,23 @@
-"""Minimal-perturbation robustness (001 sec. 4.1; 002 eq. 7 and supplement; 003 sec. 3)."""
+"""Minimal-perturbation robustness (001 sec. 4.1; 002 eq. 7, sec. 4.1 and supplement; 003 sec. 3)."""
 
 from __future__ import annotations
+
+import hashlib
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..api import Measurement, Protocol
+from ..api.data import TensorData
 from ..errors import ParameterError
 from ..evaluation import EvalContext, accuracy_measurement, mean_measurement
 from ..models import loss_gradient, predict
 from ..params import param
+
+# eps_ref_model values that name no shared model.
+OWN, REFERENCE = "model", "reference"
+EPS_REF_ROLE = "eps-ref"
 
 
 def nearest_train_distance(points: torch.Tensor, train: torch.Tensor,
@@ -30,6 +38,22 @@ def nearest_train_distance(points: torch.Tensor, train: torch.Tensor,
     return best
 
 
+def training_split(ctx: EvalContext) -> TensorData:
+    """The examples the evaluated model was trained on: the dataset's train split less the
+    validation hold-out, cut as the train cell cut it (the model's ``val_fraction`` and seed).
+    ``ctx.train`` is the whole train split, hold-out included; a context that knows neither the
+    splits nor the model's train record (a hand-built one) gets ``ctx.train``."""
+    spec = (ctx.train_records.get("model") or {}).get("spec")
+    if ctx.splits is None or not spec:
+        return ctx.train
+    from ..runner import split_validation   # here: the runner imports the evaluation layer
+    from ..trainer import TrainConfig
+
+    config = TrainConfig(**spec["train"])
+    train, _ = split_validation(ctx.splits.train, config.val_fraction, spec["seed"])
+    return train
+
+
 def fgsm_accuracy_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                         eps: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Accuracy of ``model`` on FGSM examples at each eps (one gradient, many eps)."""
@@ -39,41 +63,89 @@ def fgsm_accuracy_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                         .float().mean() for e in eps])
 
 
-def eps_ref(reference: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+def eps_ref(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
             eps_max: float = 1.0, resolution: float = 1e-3) -> float:
-    """The smallest FGSM eps at which half of the reference model's test images are
-    misclassified (002 sec. 4: "the smallest eps such that 50% of the perturbed images are
-    misclassified"), on a grid of ``resolution``; ``eps_max`` if never reached."""
+    """The smallest FGSM eps at which at least half of ``model``'s perturbed test images are
+    misclassified (002 sec. 4.1: "the smallest eps such that 50% of the perturbed images are
+    misclassified"), each image perturbed along ``model``'s own gradient, on a grid of
+    ``resolution``; ``eps_max`` if never reached."""
     grid = torch.arange(0, eps_max + resolution / 2, resolution, device=x.device)
-    acc = fgsm_accuracy_curve(reference, x, y, grid, batch_size)
+    acc = fgsm_accuracy_curve(model, x, y, grid, batch_size)
     hit = (acc <= 0.5).nonzero()
     return float(grid[hit[0, 0]]) if len(hit) else eps_max
+
+
+def _fingerprint(mask: torch.Tensor) -> str:
+    """Which examples a subset holds, so two records pair up only on the same subset."""
+    return hashlib.sha256(mask.nonzero().flatten().cpu().numpy().tobytes()).hexdigest()[:16]
 
 
 class MinimalPerturbation(Protocol):
     """How far an input must move before the defended model changes its prediction.
 
-    * ``rho_2`` (002 eq. 7): mean ``||Delta||_2 / ||x||_2`` under DeepFool.
+    Metrics (each a mean with a bootstrap interval; ``n`` is the number of examples averaged):
+
+    * ``rho_2`` (002 eq. 7): ``(1/|D|) sum_k ||Delta_k||_2 / ||x_k||_2`` under DeepFool.
     * ``empirical_robustness`` (001 eq. 2): the same ratio under ``fgsm-minimal``.
-    * ``rho_inf`` (002 supplement eq. 2): mean ``||Delta||_inf / ||x||_inf`` under
-      ``fgsm-minimal`` (the FGS attack, as the supplement prescribes).
-    * ``cw_l2``: mean unnormalised ``||Delta||_2`` under C&W L2 (002 Table 2).
+    * ``rho_inf`` (002 supplement eq. 2): ``||Delta||_inf / ||x||_inf`` under ``fgsm-minimal``
+      (the FGS attack, as the supplement prescribes).
+    * ``cw_l2``: unnormalised ``||Delta||_2`` under C&W L2 (002 supplement Table 2).
+    * ``training_set_distance`` (001 sec. 4.1, Table 2): mean L2 distance from each
+      ``fgsm-minimal`` adversarial image to its nearest training example, the training split
+      only (the validation hold-out the model never trained on is left out; see
+      :func:`training_split`).
     * ``distortion`` per ``coordinate-greedy`` and ``adam-evasion``:
       ``sqrt(sum (x'-x)^2) / n``, n the number of features (003 sec. 3).
-    * ``training_set_distance`` (001 sec. 4.1, Table 2): mean L2 distance from each
-      ``fgsm-minimal`` adversarial to its nearest training example.
-    * ``eps_ref`` (002 sec. 4): the smallest FGSM eps that fools the *reference* model on half
-      the test images, and ``accuracy_at_eps_ref`` at 0.2, 0.5 and 1.0 eps_ref for every model.
-    * ``success_rate`` per attack: the share of examples the harness found adversarial.
+    * ``accuracy``: the clean accuracy on these examples (the success rates' denominator).
+    * ``success_rate`` per attack: the share of the correctly classified examples whose
+      returned input the model misclassifies (re-scored here). ``n`` is the number of correctly
+      classified examples (``extra.denominator`` says so) and the outcomes are theirs, in test
+      order; ``extra.examples`` fingerprints which examples they are, so two models' records
+      are paired only when they got the same examples right.
+    * ``eps_ref`` and ``accuracy_at_eps_ref`` (002 sec. 4.1, Table 1): see below.
 
-    Choices (documented and tested): every success is re-scored here (the prediction of the
-    returned input must differ from the label); the norms are averaged over examples the model
-    classified correctly and the attack fooled (an example already misclassified needs no
-    perturbation, and one the attack could not fool has no finite distance).
+    Denominators, as the papers define them. 002 eq. 7 and 001 eq. 2 average over the test set
+    D, and their ``Delta x`` is "the perturbation required for an instance x in order for the
+    model F to change its prediction" (001; DeepFool's ``r(x)`` changes the estimated label
+    ``k(x)``, Moosavi-Dezfooli et al. 2016 eq. 1). So every attack here is run against the
+    model's *own clean predictions*, not the labels: on a correctly classified example that is
+    the usual untargeted attack, and a clean-misclassified example gets the perturbation that
+    moves it out of its (wrong) predicted class, not 0. ``rho_2``, ``empirical_robustness``,
+    ``rho_inf``, ``cw_l2`` and ``training_set_distance`` then average over all of D. 003 measures
+    "the noise needed to make the learner misclassify an otherwise correct instance", so
+    ``distortion`` averages over the correctly classified examples only.
+
+    Failures (the re-scored prediction did not change): excluded from the mean and counted in
+    ``extra.failures``. An attack that fails returns its input, so there is no perturbation to
+    count; 0 would score the examples the attack could not move as the most fragile ones, and
+    any finite stand-in (a cap, the last iterate) would be a number of the attack's schedule,
+    not of the model. ``n`` is then ``|D| - failures`` (or ``correct - failures``), and each
+    record's ``extra`` says ``denominator`` (``test set`` or ``correctly classified``),
+    ``examples_in_set``, ``failures`` and the attack's ``success_rate``; a success rate well
+    below 1 (the sanity flag ``minimal_attacks_fail``) says the mean rests on the easier
+    examples.
+
+    eps_ref (002 sec. 4.1): "the smallest eps such that 50% of the perturbed images are
+    misclassified by our regularized models", i.e. by the Deep Defense model of the same
+    network, each image perturbed by FGSM on that model; every model of the network is then
+    scored at 0.2, 0.5 and 1.0 eps_ref, by its plain accuracy on its own FGSM images of the whole
+    test set (so "Ours" is 50.00 % at 1.0 eps_ref in every row of Table 1). ``eps_ref_model``
+    names the model eps_ref is computed on:
+
+    * a defense name (default ``deep-defense``, the paper's): that defense trained as a shared
+      model (same dataset, architecture and seed; the suite's parameters for it) and evaluated
+      like every other model, so all defenses of a setting are scored at one eps;
+    * ``model``: the evaluated model itself (each model at its own 50 % point; then
+      ``accuracy_at_eps_ref`` at 1.0 is at most 0.5 by construction and ``eps_ref`` itself is
+      the comparable number);
+    * ``reference``: the suite's undefended reference (advarena's earlier variant; not 002's).
+
+    eps is searched on a 1e-3 grid up to ``eps_ref_max``; ``extra.reached`` is false where the
+    model kept more than half its accuracy up to ``eps_ref_max``.
     """
 
     name = "minimal-perturbation"
-    paper = "001 sec. 4.1; 002 eq. 7 and supplement; 003 sec. 3"
+    paper = "001 sec. 4.1; 002 eq. 7, sec. 4.1 and supplement; 003 sec. 3"
 
     attacks: tuple[str, ...] = param(
         ("deepfool", "fgsm-minimal", "cw-l2", "coordinate-greedy", "adam-evasion"),
@@ -81,41 +153,75 @@ class MinimalPerturbation(Protocol):
     eps_ref_fractions: tuple[float, ...] = param((0.2, 0.5, 1.0), gt=0,
                                                  help="multiples of eps_ref to score")
     eps_ref_max: float = param(1.0, gt=0, help="the largest eps searched for eps_ref")
+    eps_ref_model: str = param(
+        "deep-defense", help="the model eps_ref is computed on: a defense name (002: "
+        "'deep-defense'), 'model' (the evaluated one) or 'reference' (the undefended one)")
 
-    # Which metric each attack feeds, and how its perturbation is normalised.
-    METRICS = {"deepfool": ("rho_2", "l2", True), "fgsm-minimal": ("empirical_robustness", "l2",
-                                                                    True),
-               "cw-l2": ("cw_l2", "l2", False), "coordinate-greedy": ("distortion", "l2/n", False),
-               "adam-evasion": ("distortion", "l2/n", False)}
+    # Which metric each attack feeds, how its perturbation is measured, whether it is divided
+    # by the input's norm, and the set it averages over (see the class docstring).
+    METRICS = {"deepfool": ("rho_2", "l2", True, "test set"),
+               "fgsm-minimal": ("empirical_robustness", "l2", True, "test set"),
+               "cw-l2": ("cw_l2", "l2", False, "test set"),
+               "coordinate-greedy": ("distortion", "l2/n", False, "correctly classified"),
+               "adam-evasion": ("distortion", "l2/n", False, "correctly classified")}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.eps_ref_model.strip():
+            raise ParameterError("minimal-perturbation: eps_ref_model must name a model")
+
+    def shared_models(self, setting: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        if self.eps_ref_model in (OWN, REFERENCE):
+            return {}
+        return {EPS_REF_ROLE: {"defense": self.eps_ref_model}}
 
     def evaluate(self, ctx: EvalContext) -> list[Measurement]:
-        x, y = ctx.data.x, ctx.data.y
-        clean = ctx.correct(ctx.model, x, y)
-        out: list[Measurement] = []
+        x = ctx.data.x
+        pred = predict(ctx.model, x, ctx.batch_size)
+        clean = pred == ctx.data.y
+        subsets = {"test set": torch.ones_like(clean), "correctly classified": clean}
+        train_x = None
+        # The clean accuracy on these examples: the success rates' denominator.
+        out: list[Measurement] = [accuracy_measurement("accuracy", clean)]
         for name in self.attacks:
             attack = ctx.attack(name)
             if attack.threat_model.budget != "minimal":
                 raise ParameterError(f"minimal-perturbation: '{name}' is not a minimal attack")
-            x_adv = ctx.run_attack(attack, ctx.model, x, y)
-            fooled = clean & ~ctx.correct(ctx.model, x_adv, y)
-            out.append(accuracy_measurement("success_rate", fooled, attack=name))
+            # Against the model's own predictions: Delta is what changes the prediction.
+            x_adv = ctx.run_attack(attack, ctx.model, x, pred)
+            changed = ctx.correct(ctx.model, x_adv, pred).logical_not()
+            rate = None
+            if clean.any():
+                success = accuracy_measurement("success_rate", changed[clean], attack=name,
+                                               denominator="correctly classified",
+                                               examples=_fingerprint(clean))
+                out.append(success)
+                rate = success.value
+            metric, kind, normalised, over = self.METRICS.get(
+                name, (f"{name}_l2", "l2", False, "test set"))
+            in_set = subsets[over]
+            found = in_set & changed
+            info = {"denominator": over, "examples_in_set": int(in_set.sum()),
+                    "failures": int((in_set & ~changed).sum()), "success_rate": rate}
             delta = (x_adv - x).flatten(1)
             flat_x = x.flatten(1)
-            metric, kind, normalised = self.METRICS.get(name, (f"{name}_l2", "l2", False))
             norms = delta.norm(dim=1)
             if kind == "l2/n":
                 norms = norms / delta.shape[1]
             if normalised:
                 norms = norms / flat_x.norm(dim=1).clamp_min(1e-12)
-            if fooled.any():
-                out.append(mean_measurement(metric, norms[fooled], attack=name, seed=ctx.seed))
+            if found.any():
+                out.append(mean_measurement(metric, norms[found], attack=name, seed=ctx.seed,
+                                            **info))
                 if name == "fgsm-minimal":
                     linf = delta.abs().amax(1) / flat_x.abs().amax(1).clamp_min(1e-12)
-                    out.append(mean_measurement("rho_inf", linf[fooled], attack=name,
-                                                seed=ctx.seed))
-                    dist = nearest_train_distance(x_adv[fooled], ctx.train.x)
+                    out.append(mean_measurement("rho_inf", linf[found], attack=name,
+                                                seed=ctx.seed, **info))
+                    if train_x is None:
+                        train_x = training_split(ctx).x
+                    dist = nearest_train_distance(x_adv[found], train_x)
                     out.append(mean_measurement("training_set_distance", dist, attack=name,
-                                                seed=ctx.seed))
+                                                seed=ctx.seed, **info))
             ctx.progress("attacks", self.attacks.index(name) + 1, len(self.attacks))
         out.extend(self._eps_ref(ctx))
         return out
@@ -123,15 +229,32 @@ class MinimalPerturbation(Protocol):
     def attack_names(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys((*self.attacks, "fgsm")))
 
+    def _eps_ref_source(self, ctx: EvalContext) -> nn.Module:
+        if self.eps_ref_model == OWN:
+            return ctx.model
+        if self.eps_ref_model == REFERENCE:
+            if ctx.reference is None:
+                raise ParameterError("minimal-perturbation: eps_ref_model 'reference' needs "
+                                     "the undefended reference model")
+            return ctx.reference
+        if EPS_REF_ROLE not in ctx.shared:
+            raise ParameterError(f"minimal-perturbation: no shared '{self.eps_ref_model}' "
+                                 f"model to compute eps_ref on")
+        return ctx.shared[EPS_REF_ROLE]
+
     def _eps_ref(self, ctx: EvalContext) -> list[Measurement]:
         x, y = ctx.data.x, ctx.data.y
-        ref = ctx.reference if ctx.reference is not None else ctx.model
-        e_ref = eps_ref(ref, x, y, ctx.batch_size, self.eps_ref_max)
-        out = [Measurement("eps_ref", e_ref, len(x), attack="fgsm")]
-        clean = ctx.correct(ctx.model, x, y)
+        source = self._eps_ref_source(ctx)
+        e_ref = eps_ref(source, x, y, ctx.batch_size, self.eps_ref_max)
+        reached = bool(fgsm_accuracy_curve(source, x, y, torch.tensor([e_ref]),
+                                           ctx.batch_size)[0] <= 0.5)
+        on = {"eps_ref_model": self.eps_ref_model}
+        out = [Measurement("eps_ref", e_ref, len(x), attack="fgsm",
+                           extra={**on, "reached": reached})]
         for f in self.eps_ref_fractions:
+            # The evaluated model's own FGSM images; plain accuracy over the whole test set.
             x_adv = ctx.run_attack(ctx.attack("fgsm"), ctx.model, x, y, eps=f * e_ref)
-            robust = clean & ctx.correct(ctx.model, x_adv, y)
-            out.append(accuracy_measurement("accuracy_at_eps_ref", robust, attack="fgsm",
-                                            eps=f * e_ref, fraction=f))
+            correct = ctx.correct(ctx.model, x_adv, y)
+            out.append(accuracy_measurement("accuracy_at_eps_ref", correct, attack="fgsm",
+                                            eps=f * e_ref, fraction=f, **on))
         return out

@@ -9,7 +9,8 @@ import torch
 from advarena.api import Attack, ThreatModel
 from advarena.params import param
 
-from ._minimal import BatchedAdam, flat_norm, misclassified, predict_logits, view_as_batch
+from ._minimal import (BatchedAdam, active_indices, flat_norm, misclassified, predict_logits,
+                       view_as_batch)
 
 
 class CarliniWagnerL2(Attack):
@@ -48,15 +49,27 @@ class CarliniWagnerL2(Attack):
           (the implementation 002 used) defaults to 1000, and with ``abort_early`` the reference
           code's runs rarely go past a few hundred steps per round on MNIST-size models, so the
           cap is seldom binding while it bounds the worst case 10x lower.
-        * Early abort: every ``ceil(steps / 10)`` steps the batch loss is compared with the last
-          check and the round ends if it fell by less than 0.01 % (the reference code's rule,
-          applied to the whole batch as there). This check is the only host synchronisation in
-          the step loop: one every tenth of the steps.
+        * Early abort, per example: every ``ceil(steps / 10)`` steps each example's loss is
+          compared with its value at the last check, and the example leaves the round if it fell
+          by less than 0.01 % (the reference code's rule; the reference code applies it to the
+          sum over its batch, whose default size is 1, so per example is its default
+          behaviour). An example's result then does not depend on the other examples of its
+          batch, and a stalled example stops costing passes. The step loop runs on the indices
+          of the examples still in the round, refreshed at each check: the only host
+          synchronisation in the loop, one per tenth of the steps.
+        * Examples the model already misclassifies are never attacked.
         * The distance term is taken to the tanh round trip of the input (as in the reference
           code and foolbox, so it is exactly 0 at the start); the kept point's norm is measured
           to the input itself.
+        * Few steps need a larger ``lr``. A pixel at a box edge starts at
+          ``w = atanh(+-0.999999) = +-7.25``, where ``tanh'`` is 4e-6, and Adam moves ``w`` by
+          about ``lr`` a step, so at ``lr`` 0.01 such a pixel cannot move for about 500 steps.
+          On 8x8 digits 58 % of the pixels sit at 0 or 1: with 5 x 100 steps at ``lr`` 0.01,
+          C&W fools 94 % of the undefended quick-suite model's correct examples (mean L2 0.80);
+          at ``lr`` 0.1 every one (0.54, against 0.53 with the reference code's 9 x 1000 at
+          0.01), which is what the quick suite runs.
 
-    Cost: every step is one forward and one backward pass of the whole batch.
+    Cost: every step is one forward and one backward pass of the examples still in the round.
 
     Parameters:
         confidence (float, 0.0): kappa, the logit margin required (001: 2.3).
@@ -90,7 +103,8 @@ class CarliniWagnerL2(Attack):
         mid, half = (hi + lo) / 2, (hi - lo) / 2
         w0 = torch.atanh(((x - mid) / half) * 0.999999)
         x_recon = torch.tanh(w0) * half + mid
-        already = misclassified(predict_logits(model, x), labels)
+        # Examples the model already gets wrong are never attacked (returned as they are).
+        todo = active_indices(~misclassified(predict_logits(model, x), labels))
         kappa = self.confidence
 
         const = torch.full((n,), self.initial_const, device=dev, dtype=dt)
@@ -106,35 +120,40 @@ class CarliniWagnerL2(Attack):
             delta = torch.zeros_like(x)
             adam = BatchedAdam(delta, self.lr)
             found = torch.zeros(n, dtype=torch.bool, device=dev)
-            prev = math.inf
+            prev = torch.full((n,), math.inf, device=dev, dtype=dt)
+            idx = todo
             for step in range(self.steps):
-                delta.requires_grad_(True)
-                x_adv = (torch.tanh(w0 + delta) * half + mid).clamp(lo, hi)
+                if idx.numel() == 0:
+                    break
+                d = delta[idx].requires_grad_(True)
+                x_adv = (torch.tanh(w0[idx] + d) * half + mid).clamp(lo, hi)
                 logits = model(x_adv)
-                z_y = logits.gather(1, labels[:, None])[:, 0]
-                z_other = logits.scatter(1, labels[:, None], float("-inf")).amax(1)
+                yi = labels[idx]
+                z_y = logits.gather(1, yi[:, None])[:, 0]
+                z_other = logits.scatter(1, yi[:, None], float("-inf")).amax(1)
                 f = (z_y - z_other + kappa).clamp(min=0)
-                dist = (x_adv - x_recon).flatten(1).pow(2).sum(1)
-                loss = (const * f + dist).sum()
-                (grad,) = torch.autograd.grad(loss, delta)
-                delta = adam.step(delta.detach(), grad)
-
-                if self.abort_early and step % check_every == 0:
-                    value = loss.item()  # the round's one sync per tenth of the steps
-                    if not value <= 0.9999 * prev:
-                        break
-                    prev = value
-
+                dist = (x_adv - x_recon[idx]).flatten(1).pow(2).sum(1)
+                loss = const[idx] * f + dist
+                (grad,) = torch.autograd.grad(loss.sum(), d)
+                delta[idx] = adam.step(d.detach(), grad, idx)
                 with torch.no_grad():
-                    hit = z_y + kappa < z_other
-                    found |= hit
-                    norm = flat_norm(x_adv - x)
-                    better = hit & (norm < best_norm)
-                    best_norm = torch.where(better, norm, best_norm)
-                    best = torch.where(view_as_batch(better, x), x_adv.detach(), best)
+                    keep = torch.ones_like(f, dtype=torch.bool)
+                    if self.abort_early and step % check_every == 0:
+                        # Per example, as the reference code at its batch size of 1: a loss
+                        # that fell by less than 0.01 % since the last check ends its round.
+                        keep = loss <= 0.9999 * prev[idx]
+                        prev[idx] = torch.where(keep, loss, prev[idx])
+                    hit = keep & (z_y + kappa < z_other)
+                    found[idx] |= hit
+                    norm = flat_norm(x_adv - x[idx])
+                    better = hit & (norm < best_norm[idx])
+                    best_norm[idx] = torch.where(better, norm, best_norm[idx])
+                    best[idx] = torch.where(view_as_batch(better, x_adv), x_adv, best[idx])
+                    if self.abort_early and step % check_every == 0:
+                        idx = idx[active_indices(keep)]  # the one sync of a check
 
             upper = torch.where(found, torch.minimum(upper, const), upper)
             lower = torch.where(found, lower, torch.maximum(lower, const))
             const = torch.where(torch.isinf(upper), const * 10, (lower + upper) / 2)
 
-        return torch.where(view_as_batch(already, x), x, best)
+        return best
