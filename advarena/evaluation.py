@@ -25,8 +25,9 @@ class EvalContext:
         model: the defended classifier (None in ``prepare``), in eval mode.
         reference: the undefended reference classifier of the same dataset, architecture, seed.
         data: the evaluation examples (the same for every defense), on ``device``.
-        train: the training split (for metrics such as the training-set distance), on
-            ``device``.
+        train: the dataset's whole training split on ``device``, the validation hold-out
+            included (a protocol that needs exactly the examples a model was fitted on rebuilds
+            the cut from ``splits`` and the train settings, as minimal-perturbation does).
         shared: models named by the protocol's ``shared_models``.
         prepared: what the protocol's ``prepare`` returned.
         train_records: ``{role: {"spec", "result"}}`` of the train cells read (``model``,

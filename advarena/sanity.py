@@ -22,7 +22,7 @@ from typing import Any
 
 from .api.records import Measurement
 from .evaluation import unpack_outcomes
-from .report.compare import mcnemar_exact
+from .stats import mcnemar_exact
 
 # Thresholds, with why (calibration numbers: quick suite, see the module docstring).
 # Zero-or-non-finite input gradients among correctly classified examples. A float32 softmax

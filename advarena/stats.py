@@ -1,4 +1,5 @@
-"""Intervals: Wilson for proportions, percentile bootstrap for means."""
+"""Intervals (Wilson for proportions, percentile bootstrap for means) and the exact McNemar test
+of paired outcomes, shared by the harness (sanity flags) and the reports."""
 
 from __future__ import annotations
 
@@ -41,3 +42,17 @@ def bootstrap_mean(values, n_boot: int = 2000, alpha: float = 0.05,
         means.append(v[idx].mean(1))
     m = np.concatenate(means)
     return float(np.quantile(m, alpha / 2)), float(np.quantile(m, 1 - alpha / 2))
+
+
+def mcnemar_exact(lost: int, gained: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant counts: ``min(1, 2 P[X <= k])``,
+    ``X ~ Binomial(lost + gained, 1/2)``, ``k = min(lost, gained)``; 1 without discordance."""
+    m = lost + gained
+    if m == 0:
+        return 1.0
+    k = min(lost, gained)
+    tail, term = 0, 1  # term = C(m, i), updated in place: O(k) big-integer steps
+    for i in range(k + 1):
+        tail += term
+        term = term * (m - i) // (i + 1)
+    return min(1.0, 2 * tail / 2 ** m)  # exact integers, one correctly rounded division

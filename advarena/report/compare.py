@@ -87,7 +87,7 @@ from typing import Any
 
 from ..errors import AdvarenaError
 from ..evaluation import unpack_outcomes
-from ..stats import Z95, wilson
+from ..stats import Z95, mcnemar_exact, wilson
 from ..text import markdown
 
 # -- what each metric means --------------------------------------------------------------------
@@ -160,20 +160,6 @@ def _kind(rec: dict[str, Any]) -> str:
 
 
 # -- statistics --------------------------------------------------------------------------------
-
-def mcnemar_exact(lost: int, gained: int) -> float:
-    """Two-sided exact McNemar p-value from the discordant counts: ``min(1, 2 P[X <= k])``,
-    ``X ~ Binomial(lost + gained, 1/2)``, ``k = min(lost, gained)``; 1 without discordance."""
-    m = lost + gained
-    if m == 0:
-        return 1.0
-    k = min(lost, gained)
-    tail, term = 0, 1  # term = C(m, i), updated in place: O(k) big-integer steps
-    for i in range(k + 1):
-        tail += term
-        term = term * (m - i) // (i + 1)
-    return min(1.0, 2 * tail / 2 ** m)  # exact integers, one correctly rounded division
-
 
 def _z(alpha: float) -> float:
     return NormalDist().inv_cdf(1 - alpha / 2)

@@ -53,7 +53,7 @@ from ..plugins import Registry
 from ..store import Store
 from ..text import markdown as _md
 from ..text import printable
-from .compare import mcnemar_exact
+from ..stats import mcnemar_exact
 
 ACCURACY_METRICS = {"accuracy", "robust_accuracy", "worst_case_accuracy", "transfer_accuracy",
                     "worst_transfer_accuracy", "adv_accuracy", "true_accuracy",
@@ -421,7 +421,7 @@ def ranking_stat(row: dict) -> dict:
 
 def _significantly_better(a: dict, b: dict) -> bool:
     """Row ``a`` beats row ``b`` on the ranking number: by the exact McNemar test of
-    :func:`advarena.report.compare.mcnemar_exact` on the per-example outcomes (pooled over
+    :func:`advarena.stats.mcnemar_exact` on the per-example outcomes (pooled over
     the seeds both rows have, which are the same examples), two-sided, at ``RANK_ALPHA``;
     where the outcomes cannot be paired, by interval separation."""
     bits_a, bits_b = a.get("_bits") or {}, b.get("_bits") or {}
