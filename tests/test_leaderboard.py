@@ -13,7 +13,7 @@ import torch
 from advarena.api.records import Measurement
 from advarena.cli.main import main
 from advarena.errors import AdvarenaError
-from advarena.report.leaderboard import (build_tables, render_html, render_json,
+from advarena.report.leaderboard import (aggregate, build_tables, render_html, render_json,
                                          render_markdown, write_leaderboards)
 from advarena.store import Store
 
@@ -513,8 +513,9 @@ def test_seeds_are_aggregated(store):
         stat = strong[key]
         values = [m["value"] for m in ms]
         assert stat["value"] == pytest.approx(sum(values) / 2)
-        assert stat["ci_low"] == min(m["ci_low"] for m in ms)
-        assert stat["ci_high"] == max(m["ci_high"] for m in ms)
+        # the interval holds the mean and is at least as wide as the seeds' mean half-widths
+        assert stat["ci_low"] <= stat["value"] - sum(m["value"] - m["ci_low"] for m in ms) / 2
+        assert stat["ci_high"] >= stat["value"] + sum(m["ci_high"] - m["value"] for m in ms) / 2
         assert stat["seeds"] == 2 and stat["sd"] == pytest.approx(abs(values[0] - values[1])
                                                                   / 2 ** 0.5)
         assert sorted(stat["seed_values"]) == sorted(values)
@@ -523,6 +524,20 @@ def test_seeds_are_aggregated(store):
     md = {r[1]: r for r in md_rows(render_markdown([table]))}
     assert md["strong"][5].endswith(spread) and md["strong"][5].startswith("**")
     assert md["strong"][cols_of(render_markdown([table])).index("seeds")] == "2"
+
+
+def test_adding_agreeing_seeds_does_not_widen_the_interval():
+    one = {"value": 0.6, "ci_low": 0.5, "ci_high": 0.68, "n": 100}
+    widths = [(s["ci_low"], s["ci_high"]) for s in
+              (aggregate([dict(one)] * k, unit=True) for k in (1, 2, 5))]
+    assert widths == [pytest.approx((0.5, 0.68))] * 3
+    # disagreeing seeds widen it with their spread, and more seeds at that spread narrow it
+    two = aggregate([dict(one), dict(one, value=0.7, ci_low=0.6, ci_high=0.78)], unit=True)
+    six = aggregate([dict(one), dict(one, value=0.7, ci_low=0.6, ci_high=0.78)] * 3, unit=True)
+    assert two["ci_high"] - two["ci_low"] > six["ci_high"] - six["ci_low"] > 0.18
+    assert 0 <= two["ci_low"] and two["ci_high"] <= 1
+    # the old envelope would have been [0.5, 0.78] at any number of seeds; six seeds beat it
+    assert six["ci_high"] - six["ci_low"] < 0.28
 
 
 def test_detail_pages_and_plots(small_store, tmp_path):

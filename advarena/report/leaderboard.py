@@ -13,12 +13,13 @@ Choices (documented in the pages too):
 * A row is one (dataset, architecture, defense, parameters); its seeds are aggregated. With one
   seed a number is that seed's, with its own interval (Wilson for accuracies, percentile bootstrap
   for means). With several seeds the number is the mean over seeds, the spread is the sample
-  standard deviation across seeds (shown with the count of seeds), and the interval is the
-  envelope of the seeds' intervals (lowest lower end to highest upper end): it contains every
-  seed's interval, so it covers both the test-sample uncertainty and the variation between
-  training seeds, and the ranking never separates rows that some pair of seeds would not.
-* Rank: 1 + the number of rows whose white-box interval lies entirely above this row's, so rows
-  whose intervals overlap share a rank.
+  standard deviation across seeds (shown with the count of seeds), and the interval is a 95 %
+  interval for the mean over seeds: a t-interval over the seed values (``t_{0.975,k-1} sd /
+  sqrt(k)``, the seeds' variation) and the seeds' mean own half-widths (the test sample's
+  uncertainty, which seeds on the same examples do not reduce) added in quadrature on each side
+  (:func:`aggregate`). Seeds that agree give one seed's interval, however many there are; the
+  former envelope of the seeds' intervals widened with every seed added.
+* Rank: by the headline, exact McNemar on the paired per-example outcomes (:func:`rank_rows`).
 * Black-box and ensemble-transfer columns are taken at the eps closest to the table's headline
   eps (the larger on a tie, the more demanding), and only where the transfer attacks have the
   table's norm; the eps used is shown in the header and in each number's title.
@@ -160,28 +161,59 @@ def _stat(m: dict | None, **extra: Any) -> dict | None:
     return out
 
 
-def aggregate(stats: list[dict | None]) -> dict | None:
-    """Aggregate one number over seeds (see the module docstring): mean, envelope interval,
-    standard deviation across seeds, and how many seeds it rests on."""
+# Two-sided 95 % Student t quantiles by degrees of freedom (beyond the table: the normal's).
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+         9: 2.262, 10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def _t975(df: int) -> float:
+    """The 0.975 quantile of Student's t with ``df`` degrees of freedom (a tabulated df at or
+    below ``df``: conservative between table entries)."""
+    if df > 30:
+        return 1.96
+    return _T975[max(d for d in _T975 if d <= df)]
+
+
+def aggregate(stats: list[dict | None], unit: bool = False) -> dict | None:
+    """Aggregate one number over seeds (see the module docstring): the mean over seeds, its
+    interval, the standard deviation across seeds, and how many seeds it rests on.
+
+    The interval combines the two sources of uncertainty of a mean over k seeds scored on the
+    same test examples: the seeds' variation, ``t_{0.975, k-1} * sd / sqrt(k)`` (a t-interval
+    over the seed means, which narrows as seeds are added), and the test sample's, the mean
+    over seeds of each seed's own lower and upper half-width (Wilson or bootstrap; it does not
+    narrow with seeds, which reuse the same examples). The two add in quadrature on each side.
+    Seeds that agree therefore give one seed's interval, however many of them there are.
+    ``unit``: the number is a proportion, and the interval is kept within [0, 1]."""
     present = [s for s in stats if s is not None]
     if not present:
         return None
     values = [s["value"] for s in present]
-    lows = [s["ci_low"] for s in present if s.get("ci_low") is not None]
-    highs = [s["ci_high"] for s in present if s.get("ci_high") is not None]
+    k = len(values)
+    mean = sum(values) / k
+    sd = statistics.stdev(values) if k > 1 else None
     ns = [s["n"] for s in present if s.get("n") is not None]
-    out = {"value": sum(values) / len(values),
-           "ci_low": min(lows) if len(lows) == len(present) else None,
-           "ci_high": max(highs) if len(highs) == len(present) else None,
-           "n": min(ns) if ns else None, "seeds": len(present),
-           "sd": statistics.stdev(values) if len(values) > 1 else None}
-    if len(values) > 1:
+    have_ci = all(s.get("ci_low") is not None and s.get("ci_high") is not None
+                  for s in present)
+    lo = hi = None
+    if have_ci and k == 1:
+        lo, hi = present[0]["ci_low"], present[0]["ci_high"]
+    elif have_ci:
+        seed_hw = _t975(k - 1) * sd / math.sqrt(k)
+        down = sum(s["value"] - s["ci_low"] for s in present) / k
+        up = sum(s["ci_high"] - s["value"] for s in present) / k
+        lo, hi = mean - math.hypot(seed_hw, down), mean + math.hypot(seed_hw, up)
+        if unit:
+            lo, hi = max(lo, 0.0), min(hi, 1.0)
+    out = {"value": mean, "ci_low": lo, "ci_high": hi,
+           "n": min(ns) if ns else None, "seeds": k, "sd": sd}
+    if k > 1:
         out["seed_values"] = values
-    for k in present[0]:
-        if k not in out and k not in ("seed_values",):
-            vals = [s.get(k) for s in present]
+    for key in present[0]:
+        if key not in out and key not in ("seed_values",):
+            vals = [s.get(key) for s in present]
             if all(v == vals[0] for v in vals):
-                out[k] = vals[0]
+                out[key] = vals[0]
     return out
 
 
@@ -341,14 +373,15 @@ def _aggregate_row(entries: list[tuple[int, dict]]) -> dict[str, Any]:
     es = [e for _, e in entries]
     out: dict[str, Any] = {}
     for k in ("clean_accuracy", "robust_accuracy", "headline", "white_box", "score_based",
-              "transfer", "black_box", "rho_2",
-              "empirical_robustness", "accuracy_at_eps_ref", "loss_sensitivity",
-              "overhead_interval"):
+              "transfer", "black_box", "accuracy_at_eps_ref"):
+        out[k] = aggregate([e[k] for e in es], unit=True)
+    for k in ("rho_2", "empirical_robustness", "loss_sensitivity", "overhead_interval"):
         out[k] = aggregate([e[k] for e in es])
-    out["per_attack"] = {a: aggregate([e["per_attack"].get(a) for e in es])
+    out["per_attack"] = {a: aggregate([e["per_attack"].get(a) for e in es], unit=True)
                          for a in sorted({a for e in es for a in e["per_attack"]})}
     sizes = sorted({s for e in es for s in e["ensemble"]}, key=int)
-    out["ensemble"] = {s: aggregate([e["ensemble"].get(s) for e in es]) for s in sizes}
+    out["ensemble"] = {s: aggregate([e["ensemble"].get(s) for e in es], unit=True)
+                       for s in sizes}
     out["ensemble_kept"] = {s: _mean_or_none([e["ensemble_kept"].get(s) for e in es])
                             for s in sizes}
     for k in ("median_epoch_seconds", "overhead", "passes_per_example", "data_copies"):
