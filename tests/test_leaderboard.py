@@ -446,10 +446,14 @@ def test_new_columns_are_rendered(full_store):
     html = render_html(tables)
     heads = html_headers(html)
     for header in ("headline", "white-box", "transfer", "Adv. ×1", "Adv. ×3", "Adv. ×5", "ρ₂", "emp. rob.",
-                   "acc. @ eps_ref", "loss sens.", "overhead", "passes", "seeds",
-                   "sanity flags", "paper"):
+                   "acc. @ eps_ref", "loss sens.", "overhead", "passes", "seeds"):
         assert header in heads, header
+    # flags and paper are lines of the (sticky) defense cell, never columns off-screen
+    assert "sanity flags" not in heads
     strong = next(r for r in tables[0]["rows"] if r["defense"] == "strong")
+    assert "paper" not in heads
+    if strong["paper"]:
+        assert f'<span class="sub paper" title="paper">{strong["paper"]}</span>' in html
     assert f'{100 * strong["black_box"]["value"]:.1f}' in html
     assert f'{strong["rho_2"]["value"]:.3g}' in html
     # the flag is named in the row and its detail is the tooltip; the rank carries a badge
