@@ -852,3 +852,63 @@ def test_flagged_rows_carry_a_badge_and_the_reason(store):
     rows_json = json.loads(render_json(tables))
     assert {r["defense"]: r["flagged"] for r in rows_json} == {"none": False, "masked": True}
     assert all(not k.startswith("_") for r in rows_json for k in r)
+
+
+def test_a_none_parameter_shows_the_value_it_stood_for():
+    from advarena.plugins import default_registry
+    from advarena.report.leaderboard import _params_list, _resolved_defaults
+
+    registry = default_registry()
+    params = {"n": 10, "sigma": None, "t": 1.0}
+    shown = dict(_params_list(params, defaults=_resolved_defaults(registry, "digits",
+                                                                  "gda-brelu", params)))
+    # digits is an MNIST-like dataset: gda's sigma defaults to 001's MNIST value, 0.3
+    assert shown["sigma"].startswith("0.3 ") and "default" in shown["sigma"]
+    assert shown["n"] == "10"
+    # an unknown plugin keeps the plain word
+    assert dict(_params_list(params, defaults=_resolved_defaults(
+        registry, "digits", "no-such-defense", params)))["sigma"] == "default"
+
+
+def test_transfer_labels_name_the_substitute_and_curves_have_an_epoch_axis(tmp_path):
+    from advarena.report import plots
+
+    rec = {"attack": "fgsm@fgsm-at", "extra": {"source_attack": "fgsm",
+                                                "substitute": "substitute-fgsm-at"}}
+    assert plots.transfer_label(rec) == "fgsm\nfrom fgsm-at"
+    curve = [[0.5, 0.6], [1.0, 0.8], [1.5, 0.9]]
+    recs = [{"protocol": "training-cost", "metric": "final_val_accuracy", "seed": 0,
+             "extra": {"curve": curve}}]
+    seen = {}
+    original = plots._save
+
+    def capture(fig, path, tight=False):
+        seen["axes"] = [(ax.get_xlabel(), [tuple(line.get_xdata()) for line in ax.lines])
+                        for ax in fig.axes]
+        return original(fig, path, tight)
+
+    plots._save = capture
+    try:
+        assert plots.training_curve(recs, [], tmp_path / "c.png") is not None
+    finally:
+        plots._save = original
+    (epoch_label, epoch_x), (time_label, time_x) = seen["axes"]
+    assert epoch_label == "epoch" and epoch_x == [(1, 2, 3)]
+    assert "time" in time_label and time_x == [(0.5, 1.0, 1.5)]
+
+
+def test_the_table_header_names_the_headline_attacks_and_examples():
+    from advarena.report.leaderboard import _headline_note
+
+    attacks = {"white-box": ["fgsm", "pgd"], "score": ["square"],
+               "transfer": ["fgsm@none", "ifgsm@none", "fgsm@fgsm-at", "ifgsm@fgsm-at"]}
+    rows = [{"defense": "a", "headline": {"value": 0.5, "n": 300, "attacks": attacks}},
+            {"defense": "b", "headline": {"value": 0.4, "n": 300,
+                                          "attacks": {**attacks, "score": []}}}]
+    note = _headline_note(rows)
+    assert note["n"] == "300"
+    groups = {g["name"]: g for g in note["groups"]}
+    assert groups["white-box gradient"]["attacks"] == ["fgsm", "pgd"]
+    assert groups["black-box transfer"]["attacks"] == [
+        "fgsm and ifgsm, each from the none and fgsm-at substitutes"]
+    assert groups["score-based"]["partial"] == 1 and note["lacking"] == ["b"]
