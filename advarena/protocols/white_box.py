@@ -169,7 +169,8 @@ class WhiteBox(Protocol):
         fooled = attacked & ~ctx.correct(ctx.model, x_adv, y)
         extra = {"attacked": len(idx), "repeated_class": self.repeated_class}
         if minimal:
-            distortion = (x_adv - x).flatten(1).norm(dim=1) / x[0].numel()
+            features = x[0].numel() if len(x) else 1   # 003's n
+            distortion = (x_adv - x).flatten(1).norm(dim=1) / features
             extra["budget"] = self.repeated_budget
             if self.repeated_budget is not None:
                 # 1e-6 relative: an attack stopping exactly at the budget is not refused
