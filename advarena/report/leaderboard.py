@@ -53,9 +53,9 @@ from ..errors import AdvarenaError
 from ..evaluation import unpack_outcomes
 from ..plugins import Registry
 from ..store import Store
+from ..trainer import PASS_UNIT  # noqa: I001 (placed apart from main's import change)
 from ..text import markdown as _md
 from ..text import printable
-from ..trainer import PASS_UNIT
 from .compare import mcnemar_exact
 
 ACCURACY_METRICS = {"accuracy", "robust_accuracy", "worst_case_accuracy", "transfer_accuracy",
