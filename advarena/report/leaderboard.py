@@ -53,7 +53,7 @@ from ..errors import AdvarenaError
 from ..evaluation import unpack_outcomes
 from ..plugins import Registry
 from ..store import Store
-from ..trainer import PASS_UNIT  # noqa: I001 (placed apart from main's import change)
+from ..trainer import PASS_UNIT
 from ..text import markdown as _md
 from ..text import printable
 from .compare import mcnemar_exact
