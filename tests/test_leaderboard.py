@@ -13,7 +13,7 @@ import torch
 from advarena.api.records import Measurement
 from advarena.cli.main import main
 from advarena.errors import AdvarenaError
-from advarena.report.leaderboard import (build_tables, render_html, render_json,
+from advarena.report.leaderboard import (aggregate, build_tables, render_html, render_json,
                                          render_markdown, write_leaderboards)
 from advarena.store import Store
 
@@ -446,10 +446,14 @@ def test_new_columns_are_rendered(full_store):
     html = render_html(tables)
     heads = html_headers(html)
     for header in ("headline", "white-box", "transfer", "Adv. ×1", "Adv. ×3", "Adv. ×5", "ρ₂", "emp. rob.",
-                   "acc. @ eps_ref", "loss sens.", "overhead", "passes", "seeds",
-                   "sanity flags", "paper"):
+                   "acc. @ eps_ref", "loss sens.", "overhead", "passes", "seeds"):
         assert header in heads, header
+    # flags and paper are lines of the (sticky) defense cell, never columns off-screen
+    assert "sanity flags" not in heads
     strong = next(r for r in tables[0]["rows"] if r["defense"] == "strong")
+    assert "paper" not in heads
+    if strong["paper"]:
+        assert f'<span class="sub paper" title="paper">{strong["paper"]}</span>' in html
     assert f'{100 * strong["black_box"]["value"]:.1f}' in html
     assert f'{strong["rho_2"]["value"]:.3g}' in html
     # the flag is named in the row and its detail is the tooltip; the rank carries a badge
@@ -513,8 +517,9 @@ def test_seeds_are_aggregated(store):
         stat = strong[key]
         values = [m["value"] for m in ms]
         assert stat["value"] == pytest.approx(sum(values) / 2)
-        assert stat["ci_low"] == min(m["ci_low"] for m in ms)
-        assert stat["ci_high"] == max(m["ci_high"] for m in ms)
+        # the interval holds the mean and is at least as wide as the seeds' mean half-widths
+        assert stat["ci_low"] <= stat["value"] - sum(m["value"] - m["ci_low"] for m in ms) / 2
+        assert stat["ci_high"] >= stat["value"] + sum(m["ci_high"] - m["value"] for m in ms) / 2
         assert stat["seeds"] == 2 and stat["sd"] == pytest.approx(abs(values[0] - values[1])
                                                                   / 2 ** 0.5)
         assert sorted(stat["seed_values"]) == sorted(values)
@@ -523,6 +528,20 @@ def test_seeds_are_aggregated(store):
     md = {r[1]: r for r in md_rows(render_markdown([table]))}
     assert md["strong"][5].endswith(spread) and md["strong"][5].startswith("**")
     assert md["strong"][cols_of(render_markdown([table])).index("seeds")] == "2"
+
+
+def test_adding_agreeing_seeds_does_not_widen_the_interval():
+    one = {"value": 0.6, "ci_low": 0.5, "ci_high": 0.68, "n": 100}
+    widths = [(s["ci_low"], s["ci_high"]) for s in
+              (aggregate([dict(one)] * k, unit=True) for k in (1, 2, 5))]
+    assert widths == [pytest.approx((0.5, 0.68))] * 3
+    # disagreeing seeds widen it with their spread, and more seeds at that spread narrow it
+    two = aggregate([dict(one), dict(one, value=0.7, ci_low=0.6, ci_high=0.78)], unit=True)
+    six = aggregate([dict(one), dict(one, value=0.7, ci_low=0.6, ci_high=0.78)] * 3, unit=True)
+    assert two["ci_high"] - two["ci_low"] > six["ci_high"] - six["ci_low"] > 0.18
+    assert 0 <= two["ci_low"] and two["ci_high"] <= 1
+    # the old envelope would have been [0.5, 0.78] at any number of seeds; six seeds beat it
+    assert six["ci_high"] - six["ci_low"] < 0.28
 
 
 def test_detail_pages_and_plots(small_store, tmp_path):
@@ -833,3 +852,63 @@ def test_flagged_rows_carry_a_badge_and_the_reason(store):
     rows_json = json.loads(render_json(tables))
     assert {r["defense"]: r["flagged"] for r in rows_json} == {"none": False, "masked": True}
     assert all(not k.startswith("_") for r in rows_json for k in r)
+
+
+def test_a_none_parameter_shows_the_value_it_stood_for():
+    from advarena.plugins import default_registry
+    from advarena.report.leaderboard import _params_list, _resolved_defaults
+
+    registry = default_registry()
+    params = {"n": 10, "sigma": None, "t": 1.0}
+    shown = dict(_params_list(params, defaults=_resolved_defaults(registry, "digits",
+                                                                  "gda-brelu", params)))
+    # digits is an MNIST-like dataset: gda's sigma defaults to 001's MNIST value, 0.3
+    assert shown["sigma"].startswith("0.3 ") and "default" in shown["sigma"]
+    assert shown["n"] == "10"
+    # an unknown plugin keeps the plain word
+    assert dict(_params_list(params, defaults=_resolved_defaults(
+        registry, "digits", "no-such-defense", params)))["sigma"] == "default"
+
+
+def test_transfer_labels_name_the_substitute_and_curves_have_an_epoch_axis(tmp_path):
+    from advarena.report import plots
+
+    rec = {"attack": "fgsm@fgsm-at", "extra": {"source_attack": "fgsm",
+                                                "substitute": "substitute-fgsm-at"}}
+    assert plots.transfer_label(rec) == "fgsm\nfrom fgsm-at"
+    curve = [[0.5, 0.6], [1.0, 0.8], [1.5, 0.9]]
+    recs = [{"protocol": "training-cost", "metric": "final_val_accuracy", "seed": 0,
+             "extra": {"curve": curve}}]
+    seen = {}
+    original = plots._save
+
+    def capture(fig, path, tight=False):
+        seen["axes"] = [(ax.get_xlabel(), [tuple(line.get_xdata()) for line in ax.lines])
+                        for ax in fig.axes]
+        return original(fig, path, tight)
+
+    plots._save = capture
+    try:
+        assert plots.training_curve(recs, [], tmp_path / "c.png") is not None
+    finally:
+        plots._save = original
+    (epoch_label, epoch_x), (time_label, time_x) = seen["axes"]
+    assert epoch_label == "epoch" and epoch_x == [(1, 2, 3)]
+    assert "time" in time_label and time_x == [(0.5, 1.0, 1.5)]
+
+
+def test_the_table_header_names_the_headline_attacks_and_examples():
+    from advarena.report.leaderboard import _headline_note
+
+    attacks = {"white-box": ["fgsm", "pgd"], "score": ["square"],
+               "transfer": ["fgsm@none", "ifgsm@none", "fgsm@fgsm-at", "ifgsm@fgsm-at"]}
+    rows = [{"defense": "a", "headline": {"value": 0.5, "n": 300, "attacks": attacks}},
+            {"defense": "b", "headline": {"value": 0.4, "n": 300,
+                                          "attacks": {**attacks, "score": []}}}]
+    note = _headline_note(rows)
+    assert note["n"] == "300"
+    groups = {g["name"]: g for g in note["groups"]}
+    assert groups["white-box gradient"]["attacks"] == ["fgsm", "pgd"]
+    assert groups["black-box transfer"]["attacks"] == [
+        "fgsm and ifgsm, each from the none and fgsm-at substitutes"]
+    assert groups["score-based"]["partial"] == 1 and note["lacking"] == ["b"]

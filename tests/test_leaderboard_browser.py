@@ -127,6 +127,18 @@ def test_leaderboard_in_chromium(browser, site, tmp_path):
     assert sorted(before) == ["alpha-defense", "mid-defense", "none", "zeta-defense"]
     assert before[0] == "zeta-defense"  # ranked first: flagged, but it clears every interval
     _shot(browser, tmp_path, "leaderboard.png")
+    # the page uses the whole 1400 px (no fixed maximum width), and the raised flag is on
+    # screen: a line of the sticky defense cell, not a column past the numbers
+    box = browser.find_element(By.CSS_SELECTOR, "div.scroll")
+    assert browser.execute_script("return arguments[0].getBoundingClientRect().width",
+                                  box) > 1300
+    flag = browser.find_element(By.CSS_SELECTOR, "td.c2 span.flag")
+    assert browser.execute_script(
+        "return arguments[0].getBoundingClientRect().right <= window.innerWidth", flag)
+    # the header says how many examples stand behind the headline (these hand-made rows have
+    # no headline cell: it says that they stand in with the white-box worst case)
+    note = browser.find_element(By.CSS_SELECTOR, "p.headline-note").text
+    assert "200 test examples" in note and "white-box worst case" in note
 
     header = next(th for th in browser.find_elements(By.CSS_SELECTOR, "table.sortable th")
                   if th.text.strip().startswith("defense"))
@@ -159,6 +171,12 @@ def test_leaderboard_in_chromium(browser, site, tmp_path):
     box = browser.find_element(By.CSS_SELECTOR, "div.scroll")
     assert browser.execute_script("return arguments[0].scrollWidth > arguments[0].clientWidth",
                                   box)
+    # scrolled sideways, the defense column stays in view (sticky)
+    browser.execute_script("arguments[0].scrollLeft = arguments[0].scrollWidth", box)
+    first = browser.find_element(By.CSS_SELECTOR, "table.sortable tbody td.c2")
+    assert browser.execute_script(
+        "var r = arguments[0].getBoundingClientRect(), b = arguments[1].getBoundingClientRect();"
+        "return r.left >= b.left - 1 && r.left < b.left + 80", first, box)
     _shot(browser, tmp_path, "leaderboard-narrow.png")
 
 
@@ -171,6 +189,8 @@ def test_detail_page_in_chromium(browser, site, tmp_path):
     link.click()
     assert "details/" in browser.current_url
     assert browser.find_element(By.TAG_NAME, "h1").text.startswith("alpha-defense")
+    facts = browser.find_element(By.CSS_SELECTOR, "dl.facts").text
+    assert "training seed\n0" in facts and "seeds 0" not in facts
     images = browser.find_elements(By.CSS_SELECTOR, "figure img")
     assert len(images) == 5
     for img in images:  # every plot loaded from file:// and decoded

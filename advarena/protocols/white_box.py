@@ -35,7 +35,25 @@ class WhiteBox(Protocol):
       the robust learner: the attacker attacks the defended model again with attacks of its
       own choosing (003: coordinate greedy and Adam, which search for a minimal perturbation
       within their iteration budget); the record is the share of examples that end up
-      misclassified (clean errors included, as 003's error rates are).
+      misclassified (clean errors included, as 003's error rates are: 003 Table 3's ~49 % is
+      its whole binary test set, half of it malicious and all of that fooled). Lower is better.
+
+      Two choices make it tell defenses apart (issue 13 point 9). Unbounded, a minimal attack
+      fools every example of every model (the old form read 1.000 on 18 of 20 rows), and 003
+      reads the *size* of those perturbations separately (sec. 4.5, Table 5). So a minimal
+      attack's success counts only when its distortion, 003's ``d(x', x) = sqrt(sum (x' -
+      x)^2) / n`` (n the number of input entries, as ``minimal-perturbation``'s
+      ``distortion``), is at most ``repeated_budget``; beyond it the example keeps its clean
+      prediction (the attacker stated a budget and missed it). ``repeated_budget=None`` is
+      003's unbounded form. The default 0.01 lies below the mean distortion the digits CNNs
+      need (about 0.010-0.018 for cg and Adam; L2 0.64 on 8x8 inputs), so the rate falls as
+      a defense makes larger perturbations necessary; d scales as 1/sqrt(n) for a fixed
+      per-pixel change, so a suite on another input size states its own (003 Table 5's MNIST
+      LeNet-5 needs 0.006-0.012). Bounded repeated attacks (003's fgs_eps) keep their eps as
+      their budget. ``repeated_class`` restricts the attack to the examples of one class,
+      003's "modify the malicious instances ... and keep the benign instances untouched"
+      (sec. 4.1); the rate stays over all examples, 003's denominator, and the record's extra
+      names the budget, the class and the number attacked.
 
     * ``zero_gradient_share`` and ``nonfinite_gradient_share``: among the correctly classified
       examples (``n`` is their count), the share whose input gradient of the cross-entropy is
@@ -64,6 +82,11 @@ class WhiteBox(Protocol):
     eps: tuple[float, ...] = param((0.02, 0.05, 0.1, 0.2, 0.3), ge=0, help="eps sweep")
     headline_eps: float = param(0.1, ge=0, help="the eps the leaderboard ranks by")
     repeated: tuple[str, ...] = param((), help="003's additional attacks on the robust learner")
+    repeated_budget: float | None = param(
+        0.01, gt=0, help="003's distortion sqrt(sum (x'-x)^2)/n a minimal repeated attack may "
+                         "use (None: unbounded, 003's form)")
+    repeated_class: int | None = param(
+        None, ge=0, help="attack only this class's examples (003's malicious class; None: all)")
     score_eps: tuple[float, ...] = param((), ge=0, help="eps at which score-based attacks run "
                                          "(empty: the whole sweep)")
 
@@ -128,13 +151,32 @@ class WhiteBox(Protocol):
                                                     attack="worst-case", eps=eps, norm=norm,
                                                     headline=headline))
         for name in self.repeated:
-            attack = ctx.attack(name)
-            eps = None if attack.threat_model.budget == "minimal" else attack.default_eps()
-            x_adv = ctx.run_attack(attack, model, x, y, eps=eps)
-            records.append(accuracy_measurement("repeated_error_rate",
-                                                ~(clean & ctx.correct(ctx.model, x_adv, y)),
-                                                attack=name, eps=eps))
+            records.append(self._repeated(ctx, model, name, clean))
         return records
+
+    def _repeated(self, ctx: EvalContext, model, name: str, clean: torch.Tensor):
+        """003 sec. 4.4's error rate under one repeated attack (see the class docstring)."""
+        x, y = ctx.data.x, ctx.data.y
+        attack = ctx.attack(name)
+        minimal = attack.threat_model.budget == "minimal"
+        eps = None if minimal else attack.default_eps()
+        attacked = (torch.ones_like(clean) if self.repeated_class is None
+                    else y == self.repeated_class)
+        idx = attacked.nonzero().flatten()
+        x_adv = x.clone()
+        if len(idx):
+            x_adv[idx] = ctx.run_attack(attack, model, x[idx], y[idx], eps=eps)
+        fooled = attacked & ~ctx.correct(ctx.model, x_adv, y)
+        extra = {"attacked": len(idx), "repeated_class": self.repeated_class}
+        if minimal:
+            features = x[0].numel() if len(x) else 1   # 003's n
+            distortion = (x_adv - x).flatten(1).norm(dim=1) / features
+            extra["budget"] = self.repeated_budget
+            if self.repeated_budget is not None:
+                # 1e-6 relative: an attack stopping exactly at the budget is not refused
+                fooled &= distortion <= self.repeated_budget * (1 + 1e-6)
+        return accuracy_measurement("repeated_error_rate", ~clean | fooled, attack=name,
+                                    eps=eps, **extra)
 
 
 class _ZeroNonFinite(torch.autograd.Function):

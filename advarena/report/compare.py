@@ -108,7 +108,7 @@ HIGHER_IS_BETTER = frozenset(PROPORTIONS - {"success_rate"} | {
     "final_val_accuracy", "rho_2", "empirical_robustness", "rho_inf", "cw_l2", "distortion",
     "training_set_distance"})
 LOWER_IS_BETTER = frozenset({
-    "success_rate", "zero_gradient_share", "nonfinite_gradient_share",
+    "success_rate", "repeated_error_rate", "zero_gradient_share", "nonfinite_gradient_share",
     "loss_sensitivity", "fgsm_loss", "loss_landscape", "overhead",
     "total_overhead", "passes_per_example", "forward_per_example", "backward_per_example",
     "backward_sweeps_per_example",

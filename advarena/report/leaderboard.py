@@ -13,12 +13,13 @@ Choices (documented in the pages too):
 * A row is one (dataset, architecture, defense, parameters); its seeds are aggregated. With one
   seed a number is that seed's, with its own interval (Wilson for accuracies, percentile bootstrap
   for means). With several seeds the number is the mean over seeds, the spread is the sample
-  standard deviation across seeds (shown with the count of seeds), and the interval is the
-  envelope of the seeds' intervals (lowest lower end to highest upper end): it contains every
-  seed's interval, so it covers both the test-sample uncertainty and the variation between
-  training seeds, and the ranking never separates rows that some pair of seeds would not.
-* Rank: 1 + the number of rows whose white-box interval lies entirely above this row's, so rows
-  whose intervals overlap share a rank.
+  standard deviation across seeds (shown with the count of seeds), and the interval is a 95 %
+  interval for the mean over seeds: a t-interval over the seed values (``t_{0.975,k-1} sd /
+  sqrt(k)``, the seeds' variation) and the seeds' mean own half-widths (the test sample's
+  uncertainty, which seeds on the same examples do not reduce) added in quadrature on each side
+  (:func:`aggregate`). Seeds that agree give one seed's interval, however many there are; the
+  former envelope of the seeds' intervals widened with every seed added.
+* Rank: by the headline, exact McNemar on the paired per-example outcomes (:func:`rank_rows`).
 * Black-box and ensemble-transfer columns are taken at the eps closest to the table's headline
   eps (the larger on a tie, the more demanding), and only where the transfer attacks have the
   table's norm; the eps used is shown in the header and in each number's title.
@@ -33,6 +34,7 @@ Choices (documented in the pages too):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -51,13 +53,15 @@ from ..errors import AdvarenaError
 from ..evaluation import unpack_outcomes
 from ..plugins import Registry
 from ..store import Store
+from ..trainer import PASS_UNIT
 from ..text import markdown as _md
 from ..text import printable
 from ..stats import mcnemar_exact
 
 ACCURACY_METRICS = {"accuracy", "robust_accuracy", "worst_case_accuracy", "transfer_accuracy",
                     "worst_transfer_accuracy", "adv_accuracy", "true_accuracy",
-                    "accuracy_at_eps_ref", "success_rate", "final_val_accuracy"}
+                    "accuracy_at_eps_ref", "success_rate", "final_val_accuracy",
+                    "repeated_error_rate"}
 # Keys of a record's ``extra`` that are data for plots or paired tests, not for a table.
 _BULKY_EXTRA = {"outcomes", "curve", "loss", "steps", "axes", "seconds", "detail"}
 PLOT_FORMATS = ("png", "svg")
@@ -160,28 +164,62 @@ def _stat(m: dict | None, **extra: Any) -> dict | None:
     return out
 
 
-def aggregate(stats: list[dict | None]) -> dict | None:
-    """Aggregate one number over seeds (see the module docstring): mean, envelope interval,
-    standard deviation across seeds, and how many seeds it rests on."""
+# Two-sided 95 % Student t quantiles by degrees of freedom (beyond the table: the normal's).
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+         9: 2.262, 10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def _t975(df: int) -> float:
+    """The 0.975 quantile of Student's t with ``df`` degrees of freedom (a tabulated df at or
+    below ``df``: conservative between table entries)."""
+    if df > 30:
+        return 1.96
+    return _T975[max(d for d in _T975 if d <= df)]
+
+
+def aggregate(stats: list[dict | None], unit: bool = False) -> dict | None:
+    """Aggregate one number over seeds (see the module docstring): the mean over seeds, its
+    interval, the standard deviation across seeds, and how many seeds it rests on.
+
+    The interval combines the two sources of uncertainty of a mean over k seeds scored on the
+    same test examples: the seeds' variation, ``t_{0.975, k-1} * sd / sqrt(k)`` (a t-interval
+    over the seed means, which narrows as seeds are added), and the test sample's, the mean
+    over seeds of each seed's own lower and upper half-width (Wilson or bootstrap; it does not
+    narrow with seeds, which reuse the same examples). The two add in quadrature on each side.
+    Seeds that agree therefore give one seed's interval, however many of them there are.
+    ``unit``: the number is a proportion, and the interval is kept within [0, 1]; where every
+    seed's interval is non-negative (norms, ratios), so is the combined one."""
     present = [s for s in stats if s is not None]
     if not present:
         return None
     values = [s["value"] for s in present]
-    lows = [s["ci_low"] for s in present if s.get("ci_low") is not None]
-    highs = [s["ci_high"] for s in present if s.get("ci_high") is not None]
+    k = len(values)
+    mean = sum(values) / k
+    sd = statistics.stdev(values) if k > 1 else None
     ns = [s["n"] for s in present if s.get("n") is not None]
-    out = {"value": sum(values) / len(values),
-           "ci_low": min(lows) if len(lows) == len(present) else None,
-           "ci_high": max(highs) if len(highs) == len(present) else None,
-           "n": min(ns) if ns else None, "seeds": len(present),
-           "sd": statistics.stdev(values) if len(values) > 1 else None}
-    if len(values) > 1:
+    have_ci = all(s.get("ci_low") is not None and s.get("ci_high") is not None
+                  for s in present)
+    lo = hi = None
+    if have_ci and k == 1:
+        lo, hi = present[0]["ci_low"], present[0]["ci_high"]
+    elif have_ci:
+        seed_hw = _t975(k - 1) * sd / math.sqrt(k)
+        down = sum(s["value"] - s["ci_low"] for s in present) / k
+        up = sum(s["ci_high"] - s["value"] for s in present) / k
+        lo, hi = mean - math.hypot(seed_hw, down), mean + math.hypot(seed_hw, up)
+        if unit:
+            lo, hi = max(lo, 0.0), min(hi, 1.0)
+        elif all(s["ci_low"] >= 0 for s in present):
+            lo = max(lo, 0.0)  # a norm, ratio or count: no seed's interval reaches below 0
+    out = {"value": mean, "ci_low": lo, "ci_high": hi,
+           "n": min(ns) if ns else None, "seeds": k, "sd": sd}
+    if k > 1:
         out["seed_values"] = values
-    for k in present[0]:
-        if k not in out and k not in ("seed_values",):
-            vals = [s.get(k) for s in present]
+    for key in present[0]:
+        if key not in out and key not in ("seed_values",):
+            vals = [s.get(key) for s in present]
             if all(v == vals[0] for v in vals):
-                out[k] = vals[0]
+                out[key] = vals[0]
     return out
 
 
@@ -341,14 +379,15 @@ def _aggregate_row(entries: list[tuple[int, dict]]) -> dict[str, Any]:
     es = [e for _, e in entries]
     out: dict[str, Any] = {}
     for k in ("clean_accuracy", "robust_accuracy", "headline", "white_box", "score_based",
-              "transfer", "black_box", "rho_2",
-              "empirical_robustness", "accuracy_at_eps_ref", "loss_sensitivity",
-              "overhead_interval"):
+              "transfer", "black_box", "accuracy_at_eps_ref"):
+        out[k] = aggregate([e[k] for e in es], unit=True)
+    for k in ("rho_2", "empirical_robustness", "loss_sensitivity", "overhead_interval"):
         out[k] = aggregate([e[k] for e in es])
-    out["per_attack"] = {a: aggregate([e["per_attack"].get(a) for e in es])
+    out["per_attack"] = {a: aggregate([e["per_attack"].get(a) for e in es], unit=True)
                          for a in sorted({a for e in es for a in e["per_attack"]})}
     sizes = sorted({s for e in es for s in e["ensemble"]}, key=int)
-    out["ensemble"] = {s: aggregate([e["ensemble"].get(s) for e in es]) for s in sizes}
+    out["ensemble"] = {s: aggregate([e["ensemble"].get(s) for e in es], unit=True)
+                       for s in sizes}
     out["ensemble_kept"] = {s: _mean_or_none([e["ensemble_kept"].get(s) for e in es])
                             for s in sizes}
     for k in ("median_epoch_seconds", "overhead", "passes_per_example", "data_copies"):
@@ -562,8 +601,10 @@ def _build_details(col: _Collected, tables: list[dict],
                     "ci_low": r["ci_low"] if _finite(r["ci_low"]) else None,
                     "ci_high": r["ci_high"] if _finite(r["ci_high"]) else None,
                     "n": r["n"], "accuracy": r["metric"] in ACCURACY_METRICS,
+                    "unit": printable(str(r["extra"]["unit"])) if r["extra"].get("unit")
+                    else "",
                     "note": r["extra"].get("detail", "") if _is_sanity(r)
-                    else _extra_text(r["extra"])})
+                    else _extra_text({k: v for k, v in r["extra"].items() if k != "unit"})})
         flags = []
         for m in models:
             for r in m.records:
@@ -574,7 +615,10 @@ def _build_details(col: _Collected, tables: list[dict],
         flags.sort(key=lambda f: (not f["raised"], f["name"], f["seed"]))
         details.append({
             "id": slug, "defense": defense, "params": json.loads(params),
-            "params_list": _params_list(json.loads(params)), "paper": first["paper"],
+            "params_list": _params_list(json.loads(params),
+                                        defaults=_resolved_defaults(registry, dataset, defense,
+                                                                    json.loads(params))),
+            "paper": first["paper"],
             "dataset": dataset, "architecture": arch,
             "seeds": [m.key[4] for m in models], "reference": reference,
             "is_reference": first.get("reference", False),
@@ -624,13 +668,17 @@ def _draw_plots(col: _Collected, detail: dict, plot_dir: Path, fmt: str,
     jobs = [
         ("accuracy-eps", "Accuracy against eps per white-box attack (001 Fig. 3-5)",
          lambda p: plots.accuracy_against_eps(records, reference, p, title)),
-        ("transfer", "Transfer: black-box substitutes and gradient ensembles",
+        ("transfer", "Transfer: black-box accuracy under each attack crafted on a substitute "
+                     "model (\"fgsm from fgsm-at substitute\": FGSM run on a substitute trained "
+                     "with fgsm-at, its outputs fed to this model), and ensemble transfer "
+                     "(\"Adv.\" accuracy per ensemble size); black ticks: the reference",
          lambda p: plots.transfer_bars(records, reference, p)),
         ("loss-eps", "Loss against FGSM eps (000 Fig. 6)",
          lambda p: plots.loss_against_eps(records, reference, p)),
         ("loss-landscape", "Loss landscape (000 Fig. 5)",
          lambda p: plots.loss_landscape(records, reference, p)),
-        ("training-curve", "Validation accuracy over training time (000 Fig. 4)",
+        ("training-curve", "Validation accuracy per epoch and against wall-clock training "
+                           "time (000 Fig. 4)",
          lambda p: plots.training_curve(records, reference, p)),
     ]
     for name, caption, draw in jobs:
@@ -715,7 +763,8 @@ _COLUMNS = [
     ("overhead_interval", "overhead", "median epoch time against the undefended reference, "
      "same cell and device (range over repeats)", "ratio"),
     ("passes_per_example", "passes", "forward + backward passes per original training example "
-     "and epoch", "plain"),
+     f"and epoch; unit: {PASS_UNIT} (a forward pass is one example pushed through the network, "
+     "a backward pass one example's gradient flowing back)", "plain"),
 ]
 
 
@@ -779,17 +828,72 @@ def _params_text(p: Any) -> str:
     return ", ".join(flat(p)) or "defaults"
 
 
-def _params_list(p: Any, prefix: str = "") -> list[list[str]]:
-    """Parameters as ``[name, value]`` pairs, nested ones (compositions) as ``part.name``."""
+def _params_list(p: Any, prefix: str = "", defaults: dict[str, str] | None = None
+                 ) -> list[list[str]]:
+    """Parameters as ``[name, value]`` pairs, nested ones (compositions) as ``part.name``. A
+    ``None`` value is a plugin's "the paper's value for this dataset family": ``defaults``
+    (from :func:`_resolved_defaults`) says which value that was, or what the rule is."""
     if not isinstance(p, dict):
         return []
+    defaults = defaults or {}
     out = []
     for k, v in p.items():
         if isinstance(v, dict):
-            out += _params_list(v, f"{prefix}{k}.")
+            out += _params_list(v, f"{prefix}{k}.", defaults)
         else:
-            # None is a plugin's "the paper's value for this dataset family"
-            out.append([f"{prefix}{k}", "default" if v is None else _short(v)])
+            name = f"{prefix}{k}"
+            out.append([name, defaults.get(name, "default") if v is None else _short(v)])
+    return out
+
+
+def _resolved_defaults(registry: Registry | None, dataset: str, defense: str,
+                       params: Any) -> dict[str, str]:
+    """For each ``None`` parameter of a defense, the value it stood for on ``dataset``: the
+    plugin's ``<name>_for(info)`` (advarena's convention for dataset-family defaults, also on a
+    composition's parts), else its help text. Nothing is trained or loaded; any failure of a
+    plugin here leaves the plain "default"."""
+    import types
+
+    if registry is None or not isinstance(params, dict):
+        return {}
+    try:
+        family = getattr(registry.get("datasets", dataset), "family", None)
+    except Exception:
+        family = None
+    info = types.SimpleNamespace(family=family, name=dataset)
+    parts = defense.split("+")
+    out: dict[str, str] = {}
+    for part in parts:
+        own = params.get(part) if len(parts) > 1 else params
+        prefix = f"{part}." if len(parts) > 1 else ""
+        if not isinstance(own, dict):
+            continue
+        try:
+            cls = registry.get("defenses", part.strip())
+            plugin = cls(**own)
+        except Exception:
+            continue
+        helps = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+        pieces = [plugin]
+        try:
+            pieces += list(plugin.parts()) if hasattr(plugin, "parts") else []
+        except Exception:
+            pass
+        for name, value in own.items():
+            if value is not None:
+                continue
+            text = None
+            for piece in pieces:
+                rule = getattr(piece, f"{name}_for", None)
+                if callable(rule) and family is not None:
+                    try:
+                        text = f"{_short(rule(info))} ({family}-family default)"
+                        break
+                    except Exception:
+                        continue
+            if text is None:
+                text = f"default ({printable(helps.get(name) or 'the plugin decides')})"
+            out[prefix + name] = text
     return out
 
 
@@ -861,7 +965,69 @@ def _table_view(t: dict) -> dict[str, Any]:
             "detail_md": (r.get("detail") or {}).get("md"),
             "is_reference": bool(r.get("reference")), "paper": r.get("paper") or "",
         })
-    return {"table": t, "columns": [columns[i] for i in keep], "rows": view_rows}
+    return {"table": t, "columns": [columns[i] for i in keep], "rows": view_rows,
+            "headline_note": _headline_note(rows)}
+
+
+# The headline's attack groups (advarena.headline's ``extra["attacks"]``), as the page names them.
+_GROUP_NAMES = (("white-box", "white-box gradient"), ("score", "score-based"),
+                ("transfer", "black-box transfer"))
+
+
+def _attack_label(group: str, name: str) -> str:
+    """A transfer attack's ``fgsm@fgsm-at`` as "fgsm from the fgsm-at substitute"."""
+    if group == "transfer" and "@" in name:
+        attack, sub = name.split("@", 1)
+        return f"{attack} from the {sub} substitute"
+    return name
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def _attack_labels(group: str, names: list[str]) -> list[str]:
+    """The group's attacks as the page lists them; transfer attacks run from every substitute
+    read "fgsm and ifgsm, each from the none and fgsm-at substitutes"."""
+    if group != "transfer" or not all("@" in n for n in names):
+        return [_attack_label(group, n) for n in names]
+    subs: dict[str, list[str]] = {}
+    for n in names:
+        attack, sub = n.split("@", 1)
+        subs.setdefault(attack, []).append(sub)
+    common = next(iter(subs.values()))
+    if len(subs) > 1 and all(sorted(v) == sorted(common) for v in subs.values()):
+        return [f"{_and(list(subs))}, each from the {_and(common)} substitutes"]
+    return [_attack_label(group, n) for n in names]
+
+
+def _headline_note(rows: list[dict]) -> dict[str, Any] | None:
+    """Which attacks and how many examples stand behind a table's headline column: per group,
+    the attacks of every row's headline record (the union, and which rows lack some), and the
+    examples' count(s)."""
+    if not rows:
+        return None
+    heads = [(r.get("defense", ""), r.get("headline")) for r in rows]
+    heads = [(d, h) for d, h in heads if isinstance(h, dict)]
+    groups = []
+    for key, title in _GROUP_NAMES:
+        names: dict[str, int] = {}
+        for _, h in heads:
+            for a in (h.get("attacks") or {}).get(key) or []:
+                names[str(a)] = names.get(str(a), 0) + 1
+        if names:
+            partial = [a for a, c in names.items() if c < len(heads)]
+            groups.append({"name": title, "attacks": _attack_labels(key, list(names)),
+                           "partial": len(partial)})
+    lacking = sorted({d for d, h in heads for key, _ in _GROUP_NAMES
+                      if not (h.get("attacks") or {}).get(key)
+                      and any((o.get("attacks") or {}).get(key) for _, o in heads)})
+    stand_in = [r.get("robust_accuracy") for r in rows if not isinstance(r.get("headline"), dict)]
+    ns = sorted({h["n"] for h in [h for _, h in heads] + stand_in
+                 if isinstance(h, dict) and isinstance(h.get("n"), int)})
+    return {"n": ", ".join(str(n) for n in ns), "groups": groups, "lacking": lacking,
+            "without": [r.get("defense", "") for r in rows if not isinstance(r.get("headline"),
+                                                                               dict)]}
 
 
 def _printable_value(value: Any) -> Any:

@@ -151,12 +151,21 @@ def accuracy_against_eps(records: list[Record], reference: list[Record], path: P
     return _save(fig, path)
 
 
+def transfer_label(r: Record) -> str:
+    """``fgsm@fgsm-at`` (the black-box protocol's label: attack @ substitute's defense) as
+    "fgsm\nfrom fgsm-at" (the panel title says what "from" means)."""
+    attack = str(r["extra"].get("source_attack") or str(r["attack"]).split("@")[0])
+    sub = (str(r["attack"]).split("@", 1)[1] if "@" in str(r["attack"])
+           else str(r["extra"].get("substitute") or "").removeprefix("substitute-"))
+    return f"{attack}\nfrom {sub}" if sub else attack
+
+
 @_styled
 def transfer_bars(records: list[Record], reference: list[Record], path: Path) -> Path | None:
     """Black-box transfer accuracy per substitute attack, and ensemble-transfer "Adv."
     accuracy per ensemble size, as grouped bars per eps; the reference as black ticks."""
     panels = []
-    bb = ("black-box", "transfer_accuracy", lambda r: r["attack"])
+    bb = ("black-box", "transfer_accuracy", transfer_label)
     def members(r):
         k = r["extra"].get("members", "?")
         arch = r["extra"].get("member_architecture")
@@ -194,15 +203,17 @@ def transfer_bars(records: list[Record], reference: list[Record], path: Path) ->
             if rx:
                 ax.plot(rx, ry, linestyle="none", marker="_", markersize=12, color="#111111",
                         markeredgewidth=2, label="reference" if j == 0 else None)
-        long = max(len(str(g)) for g in groups) * len(groups) > 60
+        long = max(len(line) for g in groups for line in str(g).split("\n")) \
+            * len(groups) > 60
         ax.set_xticks(range(len(groups)), [label(g) if "\n" not in str(g) else "\n".join(
             label(p) for p in str(g).split("\n")) for g in groups],
             rotation=20 if long else 0, ha="right" if long else "center")
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(0, 105)
         ax.grid(axis="y", alpha=0.3)
-        ax.set_title("black-box transfer (substitute attacks)" if protocol == "black-box"
-                     else 'ensemble transfer, "Adv." accuracy')
+        ax.set_title('black-box transfer: "fgsm from X" = FGSM crafted on a substitute '
+                     "trained with defense X" if protocol == "black-box"
+                     else 'ensemble transfer, "Adv." accuracy', fontsize=9)
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, path)
 
@@ -274,8 +285,9 @@ def loss_landscape(records: list[Record], reference: list[Record], path: Path) -
 
 @_styled
 def training_curve(records: list[Record], reference: list[Record], path: Path) -> Path | None:
-    """Validation accuracy against training time (000 Fig. 4), one line per seed; the
-    reference dashed."""
+    """Validation accuracy per epoch (000 Fig. 4 counts epochs) and against wall-clock training
+    time (the cost the epochs took), one line per seed; the reference dashed. A curve point is
+    one epoch: ``[cumulative seconds, validation accuracy]`` (advarena.trainer)."""
 
     def curves(rs):
         return [(r["seed"], r["extra"]["curve"]) for r in rs
@@ -285,24 +297,30 @@ def training_curve(records: list[Record], reference: list[Record], path: Path) -
     own, ref = curves(records), curves(reference)
     if not own:
         return None
-    fig = _figure(4.8, 3.2)
-    ax = fig.subplots()
+    fig = _figure(8.4, 3.2)
+    by_epoch, by_time = fig.subplots(1, 2, sharey=True)
     for seeds, style, colour, name in ((own, "-", COLOURS[0], "this model"),
                                        (ref, "--", "#111111", "reference")):
         for i, (seed, curve) in enumerate(seeds):
-            pts = [(s, a) for s, a in curve if _finite(s) and _finite(a)]
+            pts = [(e, s, a) for e, (s, a) in enumerate(curve, start=1)
+                   if _finite(s) and _finite(a)]
             if not pts:
                 continue
-            xs, ys = zip(*pts)
+            epochs, secs, ys = zip(*pts)
             tag = f"{name} (seed {seed})" if len(seeds) > 1 else name
-            ax.plot(xs, [100 * y for y in ys], style, color=colour, linewidth=1.4,
-                    marker="o" if style == "-" else None, markersize=2.5, label=tag,
-                    alpha=1.0 if i == 0 else 0.6)
-    ax.set_xlabel("training time (s)")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.set_title("validation accuracy over training time")
-    ax.legend()
+            for ax, xs in ((by_epoch, epochs), (by_time, secs)):
+                ax.plot(xs, [100 * y for y in ys], style, color=colour, linewidth=1.4,
+                        marker="o" if style == "-" else None, markersize=2.5,
+                        label=tag if ax is by_epoch else None, alpha=1.0 if i == 0 else 0.6)
+    by_epoch.set_xlabel("epoch")
+    by_epoch.set_ylabel("validation accuracy (%)")
+    by_epoch.set_title("per epoch")
+    by_epoch.xaxis.get_major_locator().set_params(integer=True)
+    by_time.set_xlabel("wall-clock training time (s)")
+    by_time.set_title("against training time")
+    for ax in (by_epoch, by_time):
+        ax.grid(alpha=0.3)
+    by_epoch.legend()
     return _save(fig, path)
 
 
