@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,14 @@ def open_for_reading(path: str | Path) -> Store:
     if found is not None and found > SCHEMA_VERSION:
         raise AdvarenaError(f"the store at {root} was written by a newer advarena (schema "
                             f"{found}, this one reads {SCHEMA_VERSION}); upgrade advarena")
+    if found is not None and found < SCHEMA_VERSION:
+        # An older store: migrate it where we may write (what ``run`` would do), else say how.
+        if os.access(root, os.W_OK) and os.access(db, os.W_OK):
+            return Store.open(root, create=False)
+        raise AdvarenaError(f"the store at {root} was written by an older advarena (schema "
+                            f"{found}, this one reads {SCHEMA_VERSION}) and is read-only here; "
+                            f"copy it somewhere writable and read the copy (it is migrated on "
+                            f"first open), or read it with the advarena that wrote it")
     try:
         return Store.open(root, readonly=True)
     except AdvarenaError as exc:
