@@ -445,6 +445,8 @@ def estimate_plan(plan: Plan, reg: Registry, *, store_dir: Path | None, device: 
     cells = [_estimate_cell(c, by_key, stored, sizes, probes, s) for c in plan.cells]
     probe_seconds = time.perf_counter() - start
     archs = sorted({c.architecture for c in cells if c.architecture})
+    unknown = [a for a in archs if not _registered(reg, a)]
+    archs = [a for a in archs if a not in unknown]
     if calibration is None:
         calibration = {}
         for d in sizes.values():  # one dataset's shape per architecture (the first)
@@ -456,7 +458,19 @@ def estimate_plan(plan: Plan, reg: Registry, *, store_dir: Path | None, device: 
             c.seconds = c.forward * cal["forward_seconds"] + c.backward * cal["backward_seconds"]
     notes = [f"dataset {d}: {z.train} training and {z.test} test examples ({z.source})"
              for d, z in sizes.items()]
+    notes += [f"no calibration for architecture '{a}' (an external model's): the time of its "
+              f"cells is not in the estimate" for a in unknown]
     return Estimate(cells, calibration, sizes, str(device), notes, probe_seconds)
+
+
+def _registered(reg: Registry, architecture: str) -> bool:
+    from .errors import UnknownPluginError
+
+    try:
+        reg.entry("architectures", architecture)
+    except UnknownPluginError:
+        return False
+    return True
 
 
 def _architecture_of(cell: Cell, by_key: dict[str, Cell]) -> str | None:

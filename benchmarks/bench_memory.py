@@ -69,3 +69,150 @@ def test_nearest_train_distance_peak_memory(benchmark, n_query):
                                 naive_distance_matrix_mib=naive_mib, **result)
     # blocked: far below the full distance matrix of 10,000 queries (2.9 GB)
     assert result["delta_mib"] < 512, result
+
+
+# --- every protocol on an MNIST-sized training set ---------------------------------------------
+#
+# Each protocol's ``prepare`` (where it has one) and ``evaluate`` run in a fresh subprocess
+# against an untrained ``mlp-002`` (memory does not depend on the weights), with the mnist
+# suite's protocol settings and attacks at their suite parameters, except the attacks' step
+# counts, cut to ``ADVARENA_BENCH_STEPS`` (default 2; state per step is reused, so the peak
+# does not depend on them). Training set: the real 60,000 MNIST images when
+# ``ADVARENA_MNIST_DIR`` (default /work/shared/data/mnist) holds them and the mnist loader
+# reads that layout, else synthetic tensors of MNIST's shape (60,000 x 1 x 28 x 28). Measured:
+# on CPU the growth of ``ru_maxrss`` of the process during the protocol, after the inputs and
+# models are allocated (what torch's CPU allocator takes from the OS shows in the resident set);
+# on CUDA ``torch.cuda.max_memory_allocated`` during the protocol minus the allocation before
+# it. ``ADVARENA_BENCH_EVAL`` evaluation examples (default 200, batch 100: 10,000 at 1,000 is
+# the suite's, for a GPU). The same protocol at 6,000 training images shows what grows with
+# the training set.
+
+PROTOCOL_SCRIPT = r"""
+import json, os, resource, sys, time
+from pathlib import Path
+import torch
+from advarena.api.data import DatasetInfo, TensorData
+from advarena.evaluation import EvalContext
+from advarena.models import Classifier
+from advarena.plugins import default_registry
+from advarena.suite import load_suite
+from advarena.trainer import TrainConfig
+
+protocol, n_train, n_eval, batch, steps, device = sys.argv[1:7]
+n_train, n_eval, batch, steps = int(n_train), int(n_eval), int(batch), int(steps)
+device = torch.device(device)
+reg = default_registry()
+suite = load_suite("mnist")
+info = DatasetInfo("mnist", (1, 28, 28), 10)
+source = "synthetic"
+train = test = None
+mnist_dir = os.environ.get("ADVARENA_MNIST_DIR", "/work/shared/data/mnist")
+if Path(mnist_dir).is_dir():
+    try:
+        splits = reg.create("datasets", "mnist").load(Path(mnist_dir))
+        train, test, source = splits.train, splits.test, "real MNIST"
+    except Exception:
+        pass
+if train is None:
+    g = torch.Generator().manual_seed(0)
+    train = TensorData(torch.rand((60000, 1, 28, 28), generator=g), torch.randint(0, 10, (60000,), generator=g))
+    test = TensorData(torch.rand((10000, 1, 28, 28), generator=g), torch.randint(0, 10, (10000,), generator=g))
+train = train.subset(slice(0, n_train))
+data = test.subset(slice(0, n_eval)).to(device)
+
+def attack_params(name):
+    p = dict(suite.attacks.get(name, {}))
+    fields = {f["name"] for f in reg.entry("attacks", name).describe()["parameters"]}
+    for k in ("steps", "binary_search_steps", "max_iter", "n_queries"):
+        if k in fields:
+            p[k] = min(steps, p.get(k, steps) or steps)
+    if "eps_step" in fields:
+        p["eps_step"] = 0.25  # fgsm-minimal: a few of its eps steps
+    return p
+
+params = dict(suite.protocols[protocol])
+for k in ("timing_examples",):
+    if k in params or protocol == "training-cost":
+        params["timing_examples"], params["timing_repeats"] = 64, 1
+proto = reg.create("protocols", protocol, **params)
+attacks = {a: reg.create("attacks", a, **attack_params(a)) for a in proto.attack_names()}
+arch = reg.create("architectures", "mlp-002")
+def fresh(role="model"):
+    torch.manual_seed(0)
+    return Classifier(arch.build(info), info.bounds).to(device).eval()
+shared = {r: fresh() for r in proto.shared_models({"dataset": "mnist", "architecture": "mlp-002",
+                                                     "seed": 0, "reference": "none"})}
+config = TrainConfig(epochs=1, batch_size=128)
+cost = {"epochs": 1, "median_epoch_seconds": 1.0, "total_seconds": 1.0, "data_copies": 1.0,
+        "forward_per_example": 1.0, "backward_per_example": 1.0, "passes_per_example": 2.0,
+        "final_val_accuracy": 0.5, "val_accuracy_curve": [[1.0, 0.5]]}
+record = {"spec": {"train": config.to_dict()}, "result": {"cost": cost}, "device": str(device)}
+from advarena.api.data import Splits
+def ctx_for(model, prepared=None):
+    return EvalContext(info=info, data=data, train=train, device=device, seed=0, attacks=attacks,
+                       batch_size=batch, model=model, reference=fresh(), shared=shared,
+                       prepared=prepared or {}, train_records={"model": record, "reference": record},
+                       fresh_model=lambda role: fresh(), defense_of=lambda role: reg.create("defenses", "none"),
+                       splits=Splits(info, train, test))
+model = fresh()
+ctx_for(model)  # imports and first allocations out of the way
+if device.type == "cuda":
+    torch.cuda.synchronize(); base = torch.cuda.memory_allocated(); torch.cuda.reset_peak_memory_stats()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+prepared = proto.prepare(ctx_for(None))
+prepared = {k: v for k, v in prepared.items()}
+records = proto.evaluate(ctx_for(model, prepared))
+seconds = time.perf_counter() - start
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out = {"protocol": protocol, "n_train": n_train, "n_eval": n_eval, "batch_size": batch,
+       "source": source, "seconds": seconds, "records": len(records), "device": str(device),
+       "rss_delta_mib": (after - before) / 1024, "peak_rss_mib": after / 1024,
+       "train_mib": train.x.numel() * 4 / 2**20}
+if device.type == "cuda":
+    out["cuda_peak_delta_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+print(json.dumps(out))
+"""
+
+PROTOCOLS = ["white-box", "black-box", "ensemble-transfer", "minimal-perturbation",
+             "loss-sensitivity", "training-cost"]
+EVAL = int(os.environ.get("ADVARENA_BENCH_EVAL", "200"))
+STEPS = int(os.environ.get("ADVARENA_BENCH_STEPS", "2"))
+DEVICE = os.environ.get("ADVARENA_BENCH_DEVICE", "cpu")
+
+
+def measure_protocol(protocol: str, n_train: int) -> dict:
+    env = dict(os.environ)
+    proc = subprocess.run([sys.executable, "-c", PROTOCOL_SCRIPT, protocol, str(n_train),
+                           str(EVAL), str(min(EVAL, 100 if DEVICE == "cpu" else 1000)),
+                           str(STEPS), DEVICE], env=env, capture_output=True, text=True,
+                          timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# Known to grow with the training set (measured on CPU, synthetic MNIST, 200 eval examples):
+# minimal-perturbation by about 1.4 copies of it (EvalContext.train copies the whole split to
+# the device; nearest_train_distance's cdist blocks), training-cost by about one copy
+# (EvalContext.splits clones the whole splits to time 512 examples). The fixes are outside
+# this benchmark's files; see the docstring of advarena.estimate's report.
+GROWS = {"minimal-perturbation", "training-cost"}
+
+
+@pytest.mark.parametrize("protocol", [pytest.param(p, marks=pytest.mark.xfail(
+    reason="copies the training set; fix pending", strict=False)) if p in GROWS else p
+    for p in PROTOCOLS])
+def test_protocol_peak_memory(benchmark, protocol):
+    result = {}
+    benchmark.pedantic(lambda: result.update(small=measure_protocol(protocol, 6_000),
+                                             full=measure_protocol(protocol, 60_000)),
+                       rounds=1, iterations=1)
+    small, full = result["small"], result["full"]
+    key = "cuda_peak_delta_mib" if "cuda_peak_delta_mib" in full else "rss_delta_mib"
+    benchmark.extra_info.update(protocol=protocol, metric=key, at_6000=small[key],
+                                at_60000=full[key], **{f"full_{k}": v for k, v in full.items()})
+    print(f"{protocol}: {key} {small[key]:.1f} MiB at 6,000 training images, "
+          f"{full[key]:.1f} MiB at 60,000 ({full['source']}, {full['n_eval']} eval examples)")
+    # The bound: what grows with the training set stays below a quarter of one copy of it
+    # (45 MiB from 6,000 to 60,000 images; allocator noise is a few MiB).
+    assert full[key] - small[key] < 0.25 * full["train_mib"], result

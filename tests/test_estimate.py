@@ -117,3 +117,20 @@ def test_reuse_count_after_a_real_run(tmp_path, capsys):
         assert rows[kind][1] == str(stored), (kind, rows[kind])
         assert rows[kind][2] == str(n - stored)
     assert rows["train"][1] == "1"  # the reference, trained by the first run
+
+
+def test_evaluate_dry_run_stores_nothing(tmp_path, capsys):
+    """``advarena evaluate --dry-run`` plans the external model's cells beside the reference's
+    and writes nothing; the external model is loaded, never trained, so its train cell costs no
+    pass."""
+    factory = tmp_path / "factory.py"
+    factory.write_text("from torch import nn\n\n\ndef mlp():\n    return nn.Sequential("
+                       "nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))\n")
+    store = tmp_path / "store"
+    code, out, err = invoke(["evaluate", "--model", f"{factory}:mlp", "--suite", TINY,
+                             "--store", store, "--dry-run"], capsys)
+    assert code == 0, err
+    assert not store.exists()
+    rows = _rows(out)
+    assert rows["train"][0] == "2"  # the reference and the external model
+    assert "no calibration for architecture" in out
