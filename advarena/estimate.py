@@ -80,6 +80,7 @@ class CellEstimate:
     forward: float  # example-passes (PASS_UNIT), 0 when stored
     backward: float
     seconds: float
+    protocol: str | None = None  # eval and prepare cells
 
 
 @dataclasses.dataclass
@@ -95,9 +96,19 @@ class Estimate:
     unit: str = PASS_UNIT
 
     def by_kind(self) -> dict[str, dict[str, float]]:
+        """Cells, stored cells, passes and seconds per cell kind."""
+        return self._group(lambda c: c.kind)
+
+    def by_protocol(self) -> dict[str, dict[str, float]]:
+        """The same per protocol, over its prepare and eval cells."""
+        return self._group(lambda c: c.protocol)
+
+    def _group(self, by: Callable[[CellEstimate], str | None]) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
         for c in self.cells:
-            row = out.setdefault(c.kind, {"cells": 0, "stored": 0, "forward": 0.0,
+            if by(c) is None:
+                continue
+            row = out.setdefault(by(c), {"cells": 0, "stored": 0, "forward": 0.0,
                                           "backward": 0.0, "seconds": 0.0})
             row["cells"] += 1
             row["stored"] += c.stored
@@ -521,5 +532,6 @@ def _estimate_cell(cell: Cell, by_key: dict[str, Cell], stored: set[str],
                 bwd += runs * n_time * b
     if cell.key in stored:
         fwd = bwd = 0.0
+    protocol = cell.spec["protocol"]["name"] if cell.kind in ("eval", "prepare") else None
     return CellEstimate(cell.key, cell.kind, cell.title, arch, cell.key in stored, examples,
-                        fwd, bwd, 0.0)
+                        fwd, bwd, 0.0, protocol)

@@ -153,10 +153,15 @@ def _print_estimate(console: Console, plan, reg, store_dir: Path, dev, data_dir)
         table.add_column(col, justify="left" if col == "cells" else "right")
     rows = est.by_kind()
     for kind, r in list(rows.items()) + [("total", est.totals())]:
-        table.add_row(kind, f"{r['cells']:,}", f"{r['stored']:,}",
-                      f"{r['cells'] - r['stored']:,}", f"{r['forward']:.3g}",
-                      f"{r['backward']:.3g}", _duration(r["seconds"]))
+        table.add_row(kind, *_cost_cells(r))
     console.print(table)
+    protocols = Table(title="prepare and eval cells by protocol", title_justify="left")
+    for col in ("protocol", "count", "stored (reused)", "to run", "forward passes",
+                "backward passes", "estimated time"):
+        protocols.add_column(col, justify="left" if col == "protocol" else "right")
+    for name, r in est.by_protocol().items():
+        protocols.add_row(rich_escape(name), *_cost_cells(r))
+    console.print(protocols)
     for name, c in est.calibration.items():
         console.print(f"calibration {rich_escape(name)}: {c['forward_seconds'] * 1e6:.3g} us "
                       f"forward, {c['backward_seconds'] * 1e6:.3g} us backward per example "
@@ -167,6 +172,11 @@ def _print_estimate(console: Console, plan, reg, store_dir: Path, dev, data_dir)
                   f"time = passes x calibrated seconds per pass, one cell after another "
                   f"(probes and calibration took {est.probe_seconds:.1f}s); see "
                   f"advarena.estimate for what the estimate leaves out")
+
+
+def _cost_cells(r: dict) -> list[str]:
+    return [f"{r['cells']:,}", f"{r['stored']:,}", f"{r['cells'] - r['stored']:,}",
+            f"{r['forward']:.3g}", f"{r['backward']:.3g}", _duration(r["seconds"])]
 
 
 def _duration(seconds: float) -> str:
