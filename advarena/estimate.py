@@ -264,17 +264,28 @@ class _Probes:
         self.reg = reg
         self.suite = suite
         self._cache: dict[str, tuple[float, float]] = {}
+        self.failures: list[str] = []
 
-    def _memo(self, key: str, fn: Callable[[], tuple[float, float]]) -> tuple[float, float]:
+    def _memo(self, key: str, fn: Callable[[], tuple[float, float]],
+              label: str = "") -> tuple[float, float]:
+        """A probe that fails counts nothing and leaves a note: an estimate never fails on a
+        plugin (the run will say what is wrong with it)."""
         if key not in self._cache:
-            self._cache[key] = fn()
+            try:
+                self._cache[key] = fn()
+            except Exception as exc:  # noqa: BLE001 - any plugin failure
+                self._cache[key] = (0.0, 0.0)
+                reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+                self.failures.append(f"could not probe {label}: {reason}; its passes are "
+                                     f"not in the estimate")
         return self._cache[key]
 
     def attack(self, name: str, info: DatasetInfo, eps: float | None,
                members: int = 1) -> tuple[float, float]:
         params = self.suite.attacks.get(name, {})
         key = repr(("attack", name, sorted(params.items()), info, eps, members))
-        return self._memo(key, lambda: probe_attack(self.reg, name, params, info, eps, members))
+        return self._memo(key, lambda: probe_attack(self.reg, name, params, info, eps, members),
+                          f"attack '{name}' at eps {eps}")
 
     def defense(self, spec: dict, info: DatasetInfo) -> tuple[float, float]:
         d = spec["defense"]
@@ -284,7 +295,8 @@ class _Probes:
         # suite's parameters, as the planner created it.
         params = (self.suite.defense_params.get(d["name"], {}) if "+" in d["name"]
                   else d["params"])
-        return self._memo(key, lambda: probe_defense(self.reg, d["name"], params, info, config))
+        return self._memo(key, lambda: probe_defense(self.reg, d["name"], params, info, config),
+                          f"defense '{d['name']}'")
 
 
 # --- protocols --------------------------------------------------------------------------------
@@ -469,6 +481,7 @@ def estimate_plan(plan: Plan, reg: Registry, *, store_dir: Path | None, device: 
             c.seconds = c.forward * cal["forward_seconds"] + c.backward * cal["backward_seconds"]
     notes = [f"dataset {d}: {z.train} training and {z.test} test examples ({z.source})"
              for d, z in sizes.items()]
+    notes += probes.failures
     notes += [f"no calibration for architecture '{a}' (an external model's): the time of its "
               f"cells is not in the estimate" for a in unknown]
     return Estimate(cells, calibration, sizes, str(device), notes, probe_seconds)

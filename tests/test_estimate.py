@@ -134,3 +134,17 @@ def test_evaluate_dry_run_stores_nothing(tmp_path, capsys):
     rows = _rows(out)
     assert rows["train"][0] == "2"  # the reference and the external model
     assert "no calibration for architecture" in out
+
+
+def test_a_failing_probe_is_a_note_not_a_crash(monkeypatch):
+    """A defense whose probe raises is left out of the passes with a note naming it."""
+    import advarena.estimate as est
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("planted")
+
+    monkeypatch.setattr(est, "probe_defense", broken)
+    plan, e = _estimate(load_suite(str(TINY)), ["none"])
+    assert any("defense 'none'" in n and "planted" in n for n in e.notes)
+    assert all(c.forward == 0 for c in e.cells if c.kind == "train")
+    assert any(c.forward > 0 for c in e.cells if c.kind == "eval")  # attacks still probed
