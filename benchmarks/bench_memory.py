@@ -14,11 +14,13 @@ one block of 256; the time is linear in it, and 10,000 queries take minutes on a
 
 The second half measures every protocol's peak memory at an MNIST-sized training set (see
 ``PROTOCOL_SCRIPT`` below). Measured on the 2-core CPU, 2026-12-01, synthetic MNIST-shaped
-data, 200 evaluation examples in batches of 100, growth of the peak resident set during the
-protocol at 20,000 / 60,000 training images: white-box 22 / 22 MiB, black-box 20 / 21,
-ensemble-transfer 23 / 22, loss-sensitivity 49 / 49, minimal-perturbation 110 / 233 and
-training-cost 113 / 233 (these two copy the training set: one copy of the 40,000 added images
-is 120 MiB; marked xfail until fixed).
+data, 200 evaluation examples in batches of 100, peak resident set during the protocol over
+the resident set before it, at 20,000 / 60,000 training images: white-box 24 / 24 MiB,
+black-box 22 / 22, ensemble-transfer 24 / 24, loss-sensitivity 50 / 50, minimal-perturbation
+114 / 232 and training-cost 115 / 235 (these two copy the training set, through
+``EvalContext.train`` and ``EvalContext.splits``: one copy of the 40,000 added images is
+120 MiB; marked xfail until fixed). On an EvalContext without that copy and the real MNIST
+files, minimal-perturbation measured 52 / 52 MiB.
 
 Run: ``pytest benchmarks -k memory --benchmark-only -s`` (naming the file instead collects it
 twice, through the conftest and pytest's own rule).
@@ -96,8 +98,9 @@ def test_nearest_train_distance_peak_memory(benchmark, n_query):
 # does not depend on them). Training set: the real 60,000 MNIST images when
 # ``ADVARENA_MNIST_DIR`` (default /work/shared/data/mnist) holds them and the mnist loader
 # reads that layout, else synthetic tensors of MNIST's shape (60,000 x 1 x 28 x 28). Measured:
-# on CPU the growth of ``ru_maxrss`` of the process during the protocol, after the inputs and
-# models are allocated (what torch's CPU allocator takes from the OS shows in the resident set);
+# on CPU the peak resident set during the protocol (``VmHWM``, reset through
+# ``/proc/self/clear_refs`` just before it) minus the resident set before it, after the inputs
+# and models are allocated (what torch's CPU allocator takes from the OS shows there; Linux);
 # on CUDA ``torch.cuda.max_memory_allocated`` during the protocol minus the allocation before
 # it. ``ADVARENA_BENCH_EVAL`` evaluation examples (default 200, batch 100: 10,000 at 1,000 is
 # the suite's, for a GPU). The same protocol at 20,000 training images (more than one block of
@@ -175,13 +178,20 @@ model = fresh()
 ctx_for(model)  # imports and first allocations out of the way
 if device.type == "cuda":
     torch.cuda.synchronize(); base = torch.cuda.memory_allocated(); torch.cuda.reset_peak_memory_stats()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def status(field):  # KiB, from /proc/self/status
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+# Reset the peak (VmHWM) to the current resident set (Linux >= 4.0), so that a transient peak
+# before the protocol (reading the gzip files) cannot hide the protocol's own.
+open("/proc/self/clear_refs", "w").write("5")
+before = status("VmRSS")
 start = time.perf_counter()
 prepared = proto.prepare(ctx_for(None))
 prepared = {k: v for k, v in prepared.items()}
 records = proto.evaluate(ctx_for(model, prepared))
 seconds = time.perf_counter() - start
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+after = status("VmHWM")
 out = {"protocol": protocol, "n_train": n_train, "n_eval": n_eval, "batch_size": batch,
        "source": source, "seconds": seconds, "records": len(records), "device": str(device),
        "rss_delta_mib": (after - before) / 1024, "peak_rss_mib": after / 1024,
