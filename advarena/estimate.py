@@ -12,15 +12,17 @@ Everything here is an **estimate**, built without running a cell or touching the
   probe network it cannot fool (a large logit margin for the true class), so that no attack
   stops on success: attack counts are their budgets (steps x restarts x binary-search steps
   ...), an upper bound for attacks that stop once an example is broken; stopping rules that
-  watch the loss (C&W's ``abort_early``) still apply. Passes per example are then multiplied by the cell's examples: a
-  train cell's training examples (the dataset's training split less the validation fraction;
-  passes per example do not depend on the network or, but for per-example caps such as
-  ``max_examples``, on the set's size), an eval cell's evaluation examples, per protocol
-  (:data:`PROTOCOL_ESTIMATORS`, each documented).
+  watch the loss (C&W's ``abort_early``) still apply. Passes per example are multiplied by
+  the cell's examples: a train cell's training examples (the training split less the
+  validation fraction; passes per example depend neither on the network nor, but for caps
+  such as ``max_examples``, on the set's size), an eval cell's evaluation examples, per
+  protocol (:data:`PROTOCOL_ESTIMATORS`, each documented). Cells run one after another: the
+  total is what one device spends; an executor running cells side by side divides the time.
 * **Time** is passes x seconds per example-pass of the cell's architecture, from a short
   calibration on the device (:func:`calibrate`: forward and forward+backward of each
-  architecture of the plan at the suite's batch sizes). Work that is no pass through a
-  network (the nearest-neighbour training-set distance, sorting, the store) is not in it.
+  architecture of the plan at the suite's training batch size, capped on a CPU). Work that is
+  no pass through a network (the nearest-neighbour training-set distance, an input
+  transform's own cost, loading data, the store) is not in it; neither is mixed precision.
 
 Sizes of the datasets come from a plugin's declared ``sizes`` (a class attribute
 ``{"train": n, "test": n, "input_shape": (...), "num_classes": k}``), else from loading it

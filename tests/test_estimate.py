@@ -82,7 +82,9 @@ def test_train_passes_grow_linearly_with_epochs():
 
 def test_eval_passes_grow_with_examples_and_steps():
     s = load_suite(str(TINY))
-    wb = lambda e: next(c for c in e.cells if c.kind == "eval" and "white-box" in c.title)  # noqa: E731
+    def wb(e):
+        return next(c for c in e.cells if c.kind == "eval" and c.protocol == "white-box")
+
     base = wb(_estimate(s, ["none"])[1])
     half = wb(_estimate(dataclasses.replace(s, eval={**s.eval, "n_examples": 50}), ["none"])[1])
     more = wb(_estimate(dataclasses.replace(s, attacks={"pgd": {"steps": 20}}), ["none"])[1])
@@ -148,3 +150,12 @@ def test_a_failing_probe_is_a_note_not_a_crash(monkeypatch):
     assert any("defense 'none'" in n and "planted" in n for n in e.notes)
     assert all(c.forward == 0 for c in e.cells if c.kind == "train")
     assert any(c.forward > 0 for c in e.cells if c.kind == "eval")  # attacks still probed
+
+
+def test_the_estimate_is_not_part_of_any_key():
+    """estimate.py runs in no cell: editing it must not invalidate the store."""
+    from advarena import plan as plan_module
+
+    names = [p.relative_to(plan_module.HARNESS_ROOT).as_posix()
+             for p in plan_module.harness_files()]
+    assert "estimate.py" not in names and "trainer.py" in names
