@@ -20,7 +20,10 @@ black-box 22 / 22, ensemble-transfer 24 / 24, loss-sensitivity 50 / 50, minimal-
 114 / 232 and training-cost 115 / 235 (these two copy the training set, through
 ``EvalContext.train`` and ``EvalContext.splits``: one copy of the 40,000 added images is
 120 MiB; marked xfail until fixed). On an EvalContext without that copy and the real MNIST
-files, minimal-perturbation measured 52 / 52 MiB.
+files, minimal-perturbation measured 52 / 52 MiB. Merged with main of the same day (real MNIST
+through its loader): white-box 23 / 23, black-box 21 / 21, ensemble-transfer 23 / 23,
+loss-sensitivity 49 / 49, training-cost 113 / 233 and minimal-perturbation 211 / 438 (its
+``training_split`` clones the whole splits, then cuts the hold-out: about two copies).
 
 Run: ``pytest benchmarks -k memory --benchmark-only -s`` (naming the file instead collects it
 twice, through the conftest and pytest's own rule).
@@ -166,7 +169,7 @@ config = TrainConfig(epochs=1, batch_size=128)
 cost = {"epochs": 1, "median_epoch_seconds": 1.0, "total_seconds": 1.0, "data_copies": 1.0,
         "forward_per_example": 1.0, "backward_per_example": 1.0, "passes_per_example": 2.0,
         "final_val_accuracy": 0.5, "val_accuracy_curve": [[1.0, 0.5]]}
-record = {"spec": {"train": config.to_dict()}, "result": {"cost": cost}, "device": str(device)}
+record = {"spec": {"train": config.to_dict(), "seed": 0}, "result": {"cost": cost}, "device": str(device)}
 from advarena.api.data import Splits
 def ctx_for(model, prepared=None):
     return EvalContext(info=info, data=data, train=train, device=device, seed=0, attacks=attacks,
