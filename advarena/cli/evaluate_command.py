@@ -29,8 +29,8 @@ from .options import override_options, overrides_of, plugin_option
 @override_options
 @plugin_option
 def evaluate_cmd(model, weights, dataset, name, suite, protocols, store_dir, device, seed,
-                 data_dir, download, output, quiet, executor, address, cell_timeout, sets, eps,
-                 examples, epochs) -> None:
+                 data_dir, download, output, quiet, executor, address, cell_timeout, dry_run,
+                 sets, eps, examples, epochs) -> None:
     """Evaluate a model trained outside advarena through the suite's protocols, never training
     it. The reference and shared models (substitutes, ensemble members) are trained or reused
     as for any defense; the row is marked external, with its weights' SHA-256 and its
@@ -66,7 +66,7 @@ def evaluate_cmd(model, weights, dataset, name, suite, protocols, store_dir, dev
                        data_dir=data_dir, download=download, output=output, quiet=quiet,
                        executor=executor, address=address, cell_timeout=cell_timeout,
                        overrides=overrides_of(sets, eps, examples, epochs),
-                       externals=externals)
+                       externals=externals, dry_run=dry_run)
     sys.exit(code)
 
 
@@ -83,7 +83,7 @@ def published_dataset(reg, model: str) -> str | None:
 # The options evaluate shares with run (suite, protocol, store, device, seed, data, output,
 # quiet, executor): the same objects, so they read and validate the same.
 _SHARED = ("suite", "protocols", "store_dir", "device", "seed", "data_dir", "download", "output",
-           "quiet", "executor", "address", "cell_timeout")
+           "quiet", "executor", "address", "cell_timeout", "dry_run")
 
 
 def _share_run_options() -> None:

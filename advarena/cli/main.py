@@ -117,11 +117,15 @@ def _short(value) -> str:
                    "and evaluation stay in float32.")
 @click.option("--channels-last", is_flag=True,
               help="Train convolutional networks in channels_last memory layout (GPUs).")
+@click.option("--dry-run", is_flag=True,
+              help="Plan and print the cells (how many the store already holds), their "
+                   "forward/backward passes and a time estimate calibrated on the device; "
+                   "run nothing, write nothing.")
 @override_options
 @plugin_option
 def run_cmd(suite, defenses, datasets, protocols, store_dir, device, seed, data_dir, download,
-            output, quiet, executor, address, cell_timeout, amp, channels_last, sets, eps,
-            examples, epochs) -> None:
+            output, quiet, executor, address, cell_timeout, amp, channels_last, dry_run, sets,
+            eps, examples, epochs) -> None:
     """Train (or reuse) the models a suite needs and run its protocols.
 
     \b
@@ -131,6 +135,7 @@ def run_cmd(suite, defenses, datasets, protocols, store_dir, device, seed, data_
       advarena run --executor ray --address auto --cell-timeout 3600
       advarena run --defense gda-brelu:sigma=0.2 --set attacks.pgd.steps=100 --eps 0.05,0.1
       advarena run --defense my-defense --plugin my_defense.py --examples 1000 --epochs 5
+      advarena run --suite mnist --dry-run      # cells, passes and time before a GPU run
     """
     from .run_command import execute_run
 
@@ -139,7 +144,7 @@ def run_cmd(suite, defenses, datasets, protocols, store_dir, device, seed, data_
                        seed=seed, data_dir=data_dir, download=download, output=output,
                        quiet=quiet, executor=executor, address=address,
                        cell_timeout=cell_timeout, amp=amp, channels_last=channels_last,
-                       overrides=overrides_of(sets, eps, examples, epochs))
+                       overrides=overrides_of(sets, eps, examples, epochs), dry_run=dry_run)
     sys.exit(code)
 
 

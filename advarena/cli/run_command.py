@@ -31,7 +31,8 @@ def execute_run(console: Console, *, suite: str, defenses: list[str], datasets: 
                 quiet: bool, executor: str = "local", address: str | None = None,
                 cell_timeout: float | None = None, amp: str | None = None,
                 channels_last: bool = False, overrides: dict | None = None,
-                externals=None, summary_out: dict | None = None) -> int:
+                externals=None, summary_out: dict | None = None,
+                dry_run: bool = False) -> int:
     """Run and return the exit status: 0 complete, 1 incomplete (some cells failed).
 
     Everything the user can get wrong is checked before the store is opened (suite, plugin
@@ -40,7 +41,9 @@ def execute_run(console: Console, *, suite: str, defenses: list[str], datasets: 
 
     ``overrides``: suite values from the command line (:mod:`advarena.overrides`);
     ``externals(registry, suite)``: the external models to evaluate beside the reference
-    (``advarena evaluate``); ``summary_out`` receives the executor's summary."""
+    (``advarena evaluate``); ``summary_out`` receives the executor's summary. ``dry_run``
+    plans, estimates and prints the cost (:mod:`advarena.estimate`) and returns 0: nothing
+    runs and the store is only read."""
     if address is not None and executor != "ray":
         raise AdvarenaError("--address names a Ray cluster; use it with --executor ray")
     reg = default_registry()
@@ -63,10 +66,10 @@ def execute_run(console: Console, *, suite: str, defenses: list[str], datasets: 
         s = dataclasses.replace(s, seeds=[check_seed(seed, "--seed")])
     for d in s.datasets:
         cls = reg.get("datasets", d)
-        if cls.needs_data_dir and data_dir is None and not download:
+        if cls.needs_data_dir and data_dir is None and not download and not dry_run:
             raise DataError(f"dataset '{d}' is read from disk; pass --data-dir DIR pointing at "
                             f"its files (or add --download to fetch them)")
-    if data_dir is not None and not data_dir.is_dir() and not download:
+    if data_dir is not None and not data_dir.is_dir() and not download and not dry_run:
         raise DataError(f"--data-dir {data_dir} is not a directory; pass the directory that "
                         f"holds the dataset files")
     exts = externals(reg, s) if externals is not None else []
@@ -77,6 +80,9 @@ def execute_run(console: Console, *, suite: str, defenses: list[str], datasets: 
     if amp == "fp16" and dev.type != "cuda":
         raise AdvarenaError(f"--amp fp16 needs a CUDA device (this run is on {dev}); use --amp "
                             f"bf16 on the CPU")
+    if dry_run:
+        _print_estimate(console, plan, reg, store_dir, dev, data_dir)
+        return 0
     if output is not None:
         _check_writable(output)
     _check_store_dir(store_dir)
@@ -129,6 +135,58 @@ def _execute(console: Console, reg, s, plan, *, store_dir: Path, dev, device: st
     finally:
         store.close()
     return summary
+
+
+def _print_estimate(console: Console, plan, reg, store_dir: Path, dev, data_dir) -> None:
+    """``--dry-run``: the plan's cells and their estimated cost, one table."""
+    from rich.table import Table
+
+    from ..estimate import estimate_plan
+
+    est = estimate_plan(plan, reg, store_dir=store_dir, device=dev,
+                        data_dir=data_dir if data_dir is not None and data_dir.is_dir() else None,
+                        calibration_cap=256 if dev.type == "cpu" else None)
+    table = Table(title=f"dry run of suite {rich_escape(plan.suite.name)} on {dev} "
+                        "(estimates: nothing was run or stored)", title_justify="left")
+    for col in ("cells", "count", "stored (reused)", "to run", "forward passes",
+                "backward passes", "estimated time"):
+        table.add_column(col, justify="left" if col == "cells" else "right")
+    rows = est.by_kind()
+    for kind, r in list(rows.items()) + [("total", est.totals())]:
+        table.add_row(kind, *_cost_cells(r))
+    console.print(table)
+    protocols = Table(title="prepare and eval cells by protocol", title_justify="left")
+    for col in ("protocol", "count", "stored (reused)", "to run", "forward passes",
+                "backward passes", "estimated time"):
+        protocols.add_column(col, justify="left" if col == "protocol" else "right")
+    for name, r in est.by_protocol().items():
+        protocols.add_row(rich_escape(name), *_cost_cells(r))
+    console.print(protocols)
+    for name, c in est.calibration.items():
+        console.print(f"calibration {rich_escape(name)}: {c['forward_seconds'] * 1e6:.3g} us "
+                      f"forward, {c['backward_seconds'] * 1e6:.3g} us backward per example "
+                      f"(batch {c['batch_size']})")
+    for note in est.notes:
+        console.print(rich_escape(note), soft_wrap=True)
+    console.print(f"passes are example-passes through a network (advarena.trainer.PASS_UNIT); "
+                  f"time = passes x calibrated seconds per pass, one cell after another "
+                  f"(probes and calibration took {est.probe_seconds:.1f}s); see "
+                  f"advarena.estimate for what the estimate leaves out")
+
+
+def _cost_cells(r: dict) -> list[str]:
+    return [f"{r['cells']:,}", f"{r['stored']:,}", f"{r['cells'] - r['stored']:,}",
+            f"{r['forward']:.3g}", f"{r['backward']:.3g}", _duration(r["seconds"])]
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 3 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
 
 
 def _cell_timeout(option: float | None, s) -> float | None:
