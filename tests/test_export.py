@@ -48,8 +48,10 @@ def test_results_frame_has_one_row_per_record(store):
     n = len(s.metrics())
     s.close()
     assert len(df) == n and set(df["defense"]) == {"none", "gda-brelu"}
+    # Marked headline: each model's overall headline and its white-box worst case at that eps.
     head = df[df["headline"]]
-    assert set(head["metric"]) == {"worst_case_accuracy"} and len(head) == 2
+    assert set(head["metric"]) == {"headline_accuracy", "worst_case_accuracy"}
+    assert (head.groupby("defense")["metric"].nunique() == 2).all() and len(head) == 4
     assert df["weights_sha256"].str.len().eq(64).all()  # every record names its model's weights
 
 
@@ -127,6 +129,6 @@ def test_damaged_and_newer_stores_say_what_is_wrong(store, capsys, tmp_path):
     for command in (["export", "--store", bad], ["leaderboard", "--store", bad, "--out",
                                                    tmp_path / "lb"]):
         code, out, err = invoke(command, capsys)
-        assert code == 2 and "damaged or not a store" in err and "writable" not in err
+        assert code == 2 and "is damaged" in err and "writable" not in err
     code, out, err = invoke(["export", "--store", newer_store(tmp_path, store)], capsys)
     assert code == 2 and "newer advarena" in err
