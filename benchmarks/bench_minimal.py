@@ -31,9 +31,7 @@ threads, useful on a loaded machine where OpenMP threads wait on each other).
 
 from __future__ import annotations
 
-import os
 import statistics
-import time
 
 import pytest
 import torch
@@ -42,30 +40,14 @@ import torch.nn.functional as F
 import advarena
 from advarena.api.data import DatasetInfo
 from advarena.models import Classifier
+from _timing import DEVICE, timed  # benchmarks/ is on sys.path (rootless modules)
 
 BATCH = 64
 ROUNDS = 3
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 DEEPFOOL = {"max_iter": 50, "overshoot": 0.02, "candidates": 10}
 CW = {"steps": 100, "binary_search_steps": 5, "lr": 0.01, "confidence": 0.0,
       "initial_const": 0.001}
 CIFAR = DatasetInfo("cifar10", (3, 32, 32), 10, family="cifar")
-
-if os.environ.get("ADVARENA_BENCH_THREADS"):
-    torch.set_num_threads(int(os.environ["ADVARENA_BENCH_THREADS"]))
-
-
-def _sync() -> None:
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _timed(fn) -> float:
-    _sync()
-    start = time.perf_counter()
-    fn()
-    _sync()
-    return time.perf_counter() - start
 
 
 def _digits():
@@ -160,9 +142,9 @@ def test_minimal_attack_passes_against_foolbox(benchmark, models, case, attack):
     t_pass, t_ours, t_peer = [], [], []
 
     def one_round():
-        t_pass.append(_timed(run_pass) / 10)
-        t_ours.append(_timed(run_ours))
-        t_peer.append(_timed(run_peer))
+        t_pass.append(timed(run_pass) / 10)
+        t_ours.append(timed(run_ours))
+        t_peer.append(timed(run_peer))
 
     run_pass()  # warm-up (the attacks run long enough that their first-call costs vanish)
     # Each benchmark round times the three interleaved, so load hits all alike.

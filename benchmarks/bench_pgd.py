@@ -20,9 +20,7 @@ threads, useful on a loaded machine where OpenMP threads wait on each other).
 
 from __future__ import annotations
 
-import os
 import statistics
-import time
 
 import pytest
 import torch
@@ -31,33 +29,17 @@ import torch.nn.functional as F
 import advarena
 from advarena.api.data import DatasetInfo
 from advarena.models import Classifier
+from _timing import DEVICE, timed  # benchmarks/ is on sys.path (rootless modules)
 
 STEPS = 20
 BATCH = 128
 EPS = 8 / 255
 ROUNDS = 5
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 CASES = {
     "digits-cnn-001": DatasetInfo("digits", (1, 8, 8), 10),
     "cifar-cnn-001": DatasetInfo("cifar10", (3, 32, 32), 10, family="cifar"),
 }
-
-if os.environ.get("ADVARENA_BENCH_THREADS"):
-    torch.set_num_threads(int(os.environ["ADVARENA_BENCH_THREADS"]))
-
-
-def _sync() -> None:
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _timed(fn) -> float:
-    _sync()
-    start = time.perf_counter()
-    fn()
-    _sync()
-    return time.perf_counter() - start
 
 
 def _setup(info: DatasetInfo):
@@ -96,9 +78,9 @@ def test_pgd_against_limit_and_torchattacks(benchmark, case):
         fn()
     t_limit, t_ours, t_peer = [], [], []
     for _ in range(ROUNDS):
-        t_limit.append(_timed(run_limit))
-        t_ours.append(_timed(run_ours))
-        t_peer.append(_timed(run_peer))
+        t_limit.append(timed(run_limit))
+        t_ours.append(timed(run_ours))
+        t_peer.append(timed(run_peer))
     limit = statistics.median(t_limit)
     ours = statistics.median(t_ours)
     theirs = statistics.median(t_peer)

@@ -19,9 +19,7 @@ the folder's conftest and pytest both pick it up).
 
 from __future__ import annotations
 
-import os
 import statistics
-import time
 
 import pytest
 import torch
@@ -29,28 +27,12 @@ import torch.nn.functional as F
 
 import advarena
 from advarena.models import Classifier, predict
+from _timing import DEVICE, timed  # benchmarks/ is on sys.path (rootless modules)
 
 N_QUERIES = 1000
 BATCH = 256
 ROUNDS = 3
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 CASES = {"square": ("Linf", 0.1), "square-l2": ("L2", 0.5)}
-
-if os.environ.get("ADVARENA_BENCH_THREADS"):
-    torch.set_num_threads(int(os.environ["ADVARENA_BENCH_THREADS"]))
-
-
-def _sync() -> None:
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _timed(fn) -> float:
-    _sync()
-    start = time.perf_counter()
-    fn()
-    _sync()
-    return time.perf_counter() - start
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +73,8 @@ def test_square_queries_and_cost(benchmark, trained, name):
 
     t_ours, t_peer = [], []
     for _ in range(ROUNDS):
-        t_ours.append(_timed(run_ours))
-        t_peer.append(_timed(run_peer))
+        t_ours.append(timed(run_ours))
+        t_peer.append(timed(run_peer))
     benchmark.pedantic(run_ours, rounds=1, iterations=1, warmup_rounds=0)
 
     q = ours.last_queries.float()
