@@ -23,10 +23,11 @@ black-box 22 / 22, ensemble-transfer 24 / 24, loss-sensitivity 50 / 50, minimal-
 files, minimal-perturbation measured 52 / 52 MiB. Merged with main of the same day (real MNIST
 through its loader): white-box 23 / 23, black-box 21 / 21, ensemble-transfer 23 / 23,
 loss-sensitivity 49 / 49, training-cost 113 / 233 and minimal-perturbation 211 / 438 (its
-``training_split`` clones the whole splits, then cuts the hold-out: about two copies).
+``training_split`` cloned the whole splits, then cut the hold-out: about two copies; it now
+gathers the model's training rows one block at a time, which leaves the one private copy that
+``EvalContext.splits`` makes for isolation, not yet re-measured).
 
-Run: ``pytest benchmarks -k memory --benchmark-only -s`` (naming the file instead collects it
-twice, through the conftest and pytest's own rule).
+Run: ``pytest benchmarks -k memory --benchmark-only -s``.
 """
 
 from __future__ import annotations

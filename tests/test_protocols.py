@@ -244,7 +244,11 @@ def test_a_check_whose_inputs_were_not_measured_is_not_recorded():
 def test_every_shipped_suite_expands_and_validates_without_data(suite):
     plan = make_plan(load_suite(suite), default_registry())
     kinds = plan.counts()
-    assert kinds["train"] and kinds["eval"] and kinds.get("flags")
+    assert kinds["train"] and kinds["eval"]
+    # Sanity flags read white-box, black-box and minimal-perturbation records (000 Table I's
+    # suite runs training-cost alone, and has none).
+    checked = {"white-box", "black-box", "minimal-perturbation"} & set(load_suite(suite).protocols)
+    assert bool(kinds.get("flags")) == bool(checked)
     protocols = {c.labels.get("protocol") for c in plan.cells if c.kind == "eval"}
     assert protocols == set(load_suite(suite).protocols)
 

@@ -21,37 +21,46 @@ EPS_REF_ROLE = "eps-ref"
 
 
 def nearest_train_distance(points: torch.Tensor, train: torch.Tensor,
-                           chunk: int = 256, train_chunk: int = 8192) -> torch.Tensor:
-    """For each point, the L2 distance to its nearest training example.
+                           chunk: int = 256, train_chunk: int = 8192,
+                           rows: torch.Tensor | None = None) -> torch.Tensor:
+    """For each point, the L2 distance to its nearest training example (``train[rows]`` where
+    ``rows`` is given).
 
-    Blocked over both sets so memory stays at ``chunk x train_chunk`` distances whatever the
-    sizes (never quadratic in the dataset), with a running minimum.
+    Blocked over both sets with a running minimum, and the training examples are gathered and
+    moved to the points' device one block at a time: memory stays at ``chunk x train_chunk``
+    distances plus one block of ``train_chunk`` examples, whatever the sizes (never a second
+    copy of the training set, on the GPU or off it).
     """
     p = points.flatten(1)
-    t = train.flatten(1).to(p.device, p.dtype)
+    n = len(train) if rows is None else len(rows)
     best = torch.full((len(p),), float("inf"), device=p.device, dtype=p.dtype)
-    for i in range(0, len(p), chunk):
-        block = p[i:i + chunk]
-        for j in range(0, len(t), train_chunk):
-            d = torch.cdist(block, t[j:j + train_chunk])
+    for j in range(0, n, train_chunk):
+        part = train[j:j + train_chunk] if rows is None else train[rows[j:j + train_chunk]]
+        t = part.flatten(1).to(p.device, p.dtype)
+        for i in range(0, len(p), chunk):
+            d = torch.cdist(p[i:i + chunk], t)
             best[i:i + chunk] = torch.minimum(best[i:i + chunk], d.min(dim=1).values)
     return best
 
 
-def training_split(ctx: EvalContext) -> TensorData:
-    """The examples the evaluated model was trained on: the dataset's train split less the
-    validation hold-out, cut as the train cell cut it (the model's ``val_fraction`` and seed).
-    ``ctx.train`` is the whole train split, hold-out included; a context that knows neither the
-    splits nor the model's train record (a hand-built one) gets ``ctx.train``."""
+def training_rows(ctx: EvalContext) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The examples the evaluated model was trained on, as (inputs, rows): the dataset's train
+    split and the rows left after the validation hold-out, cut as the train cell cut it (the
+    model's ``val_fraction`` and seed; ``rows`` None: all of them). The cut is made by the
+    runner's own :func:`split_validation` applied to the row numbers, so no subset of the
+    split is copied. ``ctx.train`` is the whole train split, hold-out included; a context that
+    knows neither the splits nor the model's train record (a hand-built one) gets it whole."""
     spec = (ctx.train_records.get("model") or {}).get("spec")
     if ctx.splits is None or not spec:
-        return ctx.train
+        return ctx.train.x, None
     from ..runner import split_validation   # here: the runner imports the evaluation layer
     from ..trainer import TrainConfig
 
     config = TrainConfig(**spec["train"])
-    train, _ = split_validation(ctx.splits.train, config.val_fraction, spec["seed"])
-    return train
+    source = ctx.splits.train
+    index = torch.arange(len(source))
+    kept, _ = split_validation(TensorData(index, index), config.val_fraction, spec["seed"])
+    return source.x, kept.x
 
 
 def fgsm_accuracy_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -93,7 +102,7 @@ class MinimalPerturbation(Protocol):
     * ``training_set_distance`` (001 sec. 4.1, Table 2): mean L2 distance from each
       ``fgsm-minimal`` adversarial image to its nearest training example, the training split
       only (the validation hold-out the model never trained on is left out; see
-      :func:`training_split`).
+      :func:`training_rows`).
     * ``distortion`` per ``coordinate-greedy`` and ``adam-evasion``:
       ``sqrt(sum (x'-x)^2) / n``, n the number of features (003 sec. 3).
     * ``accuracy``: the clean accuracy on these examples (the success rates' denominator).
@@ -218,8 +227,8 @@ class MinimalPerturbation(Protocol):
                     out.append(mean_measurement("rho_inf", linf[found], attack=name,
                                                 seed=ctx.seed, **info))
                     if train_x is None:
-                        train_x = training_split(ctx).x
-                    dist = nearest_train_distance(x_adv[found], train_x)
+                        train_x, train_rows = training_rows(ctx)
+                    dist = nearest_train_distance(x_adv[found], train_x, rows=train_rows)
                     out.append(mean_measurement("training_set_distance", dist, attack=name,
                                                 seed=ctx.seed, **info))
             ctx.progress("attacks", self.attacks.index(name) + 1, len(self.attacks))
