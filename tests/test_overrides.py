@@ -68,7 +68,7 @@ def test_run_with_overrides(capsys, tmp_path, single_thread):
     assert set(df["eps"].dropna()) == {0.1}
     assert all(p["sigma"] == 0.2 for p in df[df.defense == "gda-brelu"]["params"])
     # the result table names the row and its headline
-    assert "gda-brelu" in out and "worst_case_accuracy" in " ".join(out.split())
+    assert "gda-brelu" in out and "headline_accuracy" in " ".join(out.split())
 
 
 @pytest.mark.parametrize("args,expected", [

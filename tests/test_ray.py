@@ -262,7 +262,9 @@ def test_amp_trains_in_low_precision_with_attacks_in_float32(amp, channels_last)
     assert _Probe.seen and all(not on and dtype == torch.float32 for on, dtype in _Probe.seen)
     assert all(torch.isfinite(p).all() for p in net.parameters())
     assert all(p.dtype == torch.float32 for p in net.parameters())
-    assert session.cost()["backward_per_example"] == pytest.approx(1.0)  # counted as usual
+    # counted as usual: one sweep a step, through clean and probe rows (2 example-passes)
+    assert session.cost()["backward_sweeps_per_example"] == pytest.approx(1.0)
+    assert session.cost()["backward_per_example"] == pytest.approx(2.0)
     assert 0 <= session.history[-1].val_accuracy <= 1
 
 

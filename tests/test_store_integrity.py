@@ -388,8 +388,9 @@ def test_a_plugin_that_edits_the_store_from_fit_is_caught(store, tmp_path, monke
     from advarena.plugins import Registry, make_plugin_manager
 
     before = values(store)
-    fixture = types.SimpleNamespace(
-        advarena_register_defenses=hookimpl(lambda: [StoreEditor]), __name__="store_editor")
+    # A module (hashable, as pluggy's plugin set needs), registered as an object.
+    fixture = types.ModuleType("store_editor")
+    fixture.advarena_register_defenses = hookimpl(lambda: [StoreEditor])
     registry = Registry(make_plugin_manager([fixture]))
     monkeypatch.setattr(run_command, "default_registry", lambda: registry)
     monkeypatch.setattr(plugins, "default_registry", lambda: registry)

@@ -33,7 +33,7 @@ class NonFinite(Attack):
     name = "bad-non-finite"
     threat_model = ThreatModel(norm="linf")
     eps: float = param(0.1, ge=0)
-    value: float = param(float("nan"))
+    value: float = param(float("nan"), finite=False)  # the fault it plants
 
     def run(self, model, inputs, labels, eps, generator=None):
         out = inputs.clone()
