@@ -262,6 +262,15 @@ attacks = ["deepfool"]
     assert row and float(row.group(1)) > 0
     assert re.search(r"\| MLP / Reference \| Acc\.@0\.5 eps_ref \| 29\.08 % \| [0-9.]+ \|", out)
     assert "| LeNet / Ours | Acc. | 99.34 % | not run |" in out
+    # The leaderboard gets a "published results" section and the table beside it.
+    code, out, err = invoke(["leaderboard", "--store", tmp_path / "s", "--out", tmp_path / "lb",
+                             "--plots", "none"], capsys)
+    assert code == 0, err
+    board = (tmp_path / "lb" / "leaderboard.md").read_text()
+    assert "## Published results" in board and "| 002-t1 (Table 1): " in board
+    assert "paper-002-t1-reduced" in board.split("## Published results")[1]
+    assert "## 002-t1: Table 1" in (tmp_path / "lb" / "papers.md").read_text()
+    assert "papers.html" in (tmp_path / "lb" / "leaderboard.html").read_text()
 
 
 def test_records_of_another_papers_suite_are_not_matched(tmp_path, capsys):

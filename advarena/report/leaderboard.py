@@ -1078,14 +1078,26 @@ def _env() -> jinja2.Environment:
     return env
 
 
-def render_markdown(tables: list[dict], failures: list[dict] = ()) -> str:
+def render_markdown(tables: list[dict], failures: list[dict] = (),
+                    papers: list[dict] = ()) -> str:
     return _env().get_template("leaderboard.md.j2").render(
-        tables=[_table_view(t) for t in tables], failures=list(failures))
+        tables=[_table_view(t) for t in tables], failures=list(failures), papers=list(papers))
 
 
-def render_html(tables: list[dict], failures: list[dict] = ()) -> str:
+def render_html(tables: list[dict], failures: list[dict] = (), papers: list[dict] = ()) -> str:
     return _env().get_template("leaderboard.html.j2").render(
-        tables=[_table_view(t) for t in tables], failures=list(failures))
+        tables=[_table_view(t) for t in tables], failures=list(failures), papers=list(papers))
+
+
+def papers_summary(store: Store) -> tuple[dict, list[dict]]:
+    """The published tables whose suites ran in ``store`` (:mod:`advarena.report.papers`) and
+    one summary line each for the leaderboard's "published results" section."""
+    from .papers import build
+
+    result = build(store)
+    rows = [{"id": t["id"], "table": t["table"], "title": t["title"],
+             "summary": t["summary"], "suites": t["suites_run"]} for t in result["tables"]]
+    return result, rows
 
 
 def render_detail_markdown(detail: dict) -> str:
@@ -1157,12 +1169,23 @@ def write_leaderboards(store: Store, out_dir: str | Path, formats: tuple[str, ..
         # Failed cells (a plugin that raised, hung or broke its threat model) are listed, so a
         # run that was incomplete says so on the leaderboard.
         failures = store.failures()
+        # Where a paper's suite ran in this store, its table (published beside measured) is
+        # written next to the leaderboard and summarised in a section of it.
+        papers, paper_rows = papers_summary(store)
         for fmt in formats:
             text = (render_json(tables) if fmt == "json" else
-                    {"md": render_markdown, "html": render_html}[fmt](tables, failures))
+                    {"md": render_markdown, "html": render_html}[fmt](tables, failures,
+                                                                      paper_rows))
             path = out_dir / f"leaderboard.{fmt}"
             path.write_text(text, encoding="utf-8")
             written[fmt] = path
+            if paper_rows and fmt in ("md", "html"):
+                from .papers import render_html as papers_html, render_markdown as papers_md
+
+                page = out_dir / f"papers.{fmt}"
+                page.write_text((papers_md if fmt == "md" else papers_html)(papers),
+                                encoding="utf-8")
+                written[f"papers-{fmt}"] = page
         page_formats = [f for f in formats if f in ("md", "html")]
         if page_formats:
             details_dir = out_dir / DETAILS_DIR
