@@ -3,7 +3,6 @@ prepared data, and attacks that are always run through the harness's threat-mode
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -34,8 +33,12 @@ class EvalContext:
             ``reference``, ``shared:<name>``): training cost and history.
         splits: the dataset's full train/test splits (on the CPU).
 
-    ``train`` and ``splits`` are copies of the harness's cached dataset, made on first use
-    (most protocols never read them), so writing into them changes no other cell.
+    ``train`` and ``splits`` are the harness's cached dataset itself, not copies (a copy of a
+    60,000-image training split would be the largest allocation of most cells): read them,
+    never write into them. The harness fingerprints the cached dataset when it loads it and
+    checks the fingerprint after every cell that was handed it; a change fails the cell and
+    drops the cached copy (see :meth:`advarena.runner.Environment.check_datasets`). ``train``
+    on another device than the cache's is one copy on that device.
     """
 
     def __init__(self, *, info: DatasetInfo, data: TensorData, train: TensorData,
@@ -65,24 +68,16 @@ class EvalContext:
         self._fresh_model = fresh_model
         self._defense_of = defense_of
         self._splits_source = splits
-        self._splits: Any = None
 
     @property
     def train(self) -> TensorData:
         if self._train is None:
-            src = self._train_source
-            self._train = TensorData(src.x.to(self.device, copy=True),
-                                     src.y.to(self.device, copy=True))
+            self._train = self._train_source.to(self.device)   # no copy on the same device
         return self._train
 
     @property
     def splits(self) -> Any:
-        if self._splits is None and self._splits_source is not None:
-            src = self._splits_source
-            self._splits = dataclasses.replace(
-                src, train=TensorData(src.train.x.clone(), src.train.y.clone()),
-                test=TensorData(src.test.x.clone(), src.test.y.clone()))
-        return self._splits
+        return self._splits_source
 
     def fresh_model(self, role: str = "model") -> nn.Module:
         """An untrained classifier built like the trained one of ``role`` (``model``,
@@ -143,8 +138,35 @@ def _pack(bits: str) -> str:
 
 
 def unpack_outcomes(packed: str) -> list[bool]:
+    """The bits :func:`accuracy_measurement` packed; ValueError when ``packed`` is not such a
+    string (no length, a negative one, not hex, or more bits than examples)."""
+    if not isinstance(packed, str) or ":" not in packed:
+        raise ValueError(f"not packed outcomes: {packed!r:.40}")
     n_str, hexpart = packed.split(":", 1)
     n = int(n_str)
+    if n < 0:
+        raise ValueError(f"negative example count in packed outcomes: {n}")
     if n == 0:
         return []
-    return [c == "1" for c in bin(int(hexpart, 16))[2:].zfill(n)]
+    bits = bin(int(hexpart, 16))[2:]
+    if len(bits) > n:
+        raise ValueError(f"packed outcomes hold more than their {n} examples")
+    return [c == "1" for c in bits.zfill(n)]
+
+
+def record_outcomes(record: dict[str, Any] | None) -> list[bool] | None:
+    """A stored record's per-example outcomes: None when it has none, or when they cannot be
+    read or disagree with its own ``n`` and ``value`` (the one reader the harness's headline
+    and flags and the reports' pairing share, so that all of them refuse the same records)."""
+    packed = ((record or {}).get("extra") or {}).get("outcomes")
+    if packed is None:
+        return None
+    try:
+        bits = unpack_outcomes(packed)
+    except ValueError:
+        return None
+    value = record.get("value")
+    if (len(bits) != record.get("n") or not isinstance(value, (int, float))
+            or isinstance(value, bool) or (bits and abs(sum(bits) / len(bits) - value) > 1e-9)):
+        return None
+    return bits

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from .api.records import Measurement
-from .evaluation import accuracy_measurement, unpack_outcomes
+from .evaluation import accuracy_measurement, record_outcomes
 
 GROUPS = (("white-box", "white_box_only_accuracy"), ("score", "score_only_accuracy"),
           ("transfer", "transfer_only_accuracy"))
@@ -44,11 +44,11 @@ class HeadlineError(ValueError):
 
 
 def _bits(r: dict[str, Any]) -> torch.Tensor:
-    packed = (r.get("extra") or {}).get("outcomes")
-    if not isinstance(packed, str):
+    bits = record_outcomes(r)
+    if bits is None:
         raise HeadlineError(f"{r['protocol']} record {r['metric']} ({r.get('attack')}) has no "
-                            f"per-example outcomes")
-    return torch.tensor(unpack_outcomes(packed), dtype=torch.bool)
+                            f"per-example outcomes consistent with its value")
+    return torch.tensor(bits, dtype=torch.bool)
 
 
 def compute_headline(records: list[dict[str, Any]], attacks: dict[str, dict[str, str]],

@@ -21,7 +21,7 @@ from collections import defaultdict
 from typing import Any
 
 from .api.records import Measurement
-from .evaluation import unpack_outcomes
+from .evaluation import record_outcomes as _bits
 from .stats import mcnemar_exact
 
 # Thresholds, with why (calibration numbers: quick suite, see the module docstring).
@@ -62,14 +62,6 @@ def _above(a: dict, b: dict) -> bool:
     """a's interval lies entirely above b's (a significant difference)."""
     return (a.get("ci_low") is not None and b.get("ci_high") is not None
             and a["ci_low"] > b["ci_high"])
-
-
-def _bits(r: dict) -> list[bool] | None:
-    packed = (r.get("extra") or {}).get("outcomes")
-    try:
-        return unpack_outcomes(packed) if isinstance(packed, str) else None
-    except ValueError:
-        return None
 
 
 def _and(rows: list[list[bool]]) -> list[bool]:

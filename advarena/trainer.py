@@ -311,11 +311,15 @@ class TrainingSession:
         name = self.config.optimizer if optimizer is None else optimizer
         momentum = self.config.momentum if momentum is None else momentum
         decay = self.config.weight_decay if weight_decay is None else weight_decay
+        # foreach: one fused update over all parameters rather than a loop over them (the
+        # default only on CUDA); the same arithmetic, bitwise, and a quarter less time per
+        # step of a small CNN on the CPU (measured on 001's digits CNN).
         if name == "sgd":
-            return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=decay)
+            return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=decay,
+                                   foreach=True)
         if name != "adam":
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {name!r}")
-        return torch.optim.Adam(params, lr=lr, weight_decay=decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=decay, foreach=True)
 
     @contextlib.contextmanager
     def measure(self, label: str, model: nn.Module | None = None):

@@ -10,7 +10,8 @@
   that store; ``extra_info`` holds each time, the increment of each added defense and the
   least-squares ``marginal_seconds_per_defense``.
 
-Each run is a fresh process (imports included, as a user sees it). The suite is the quick
+Each run is a fresh process (imports included, as a user sees it); ``extra_info`` splits its
+cells' seconds by protocol (``cell_seconds_by_protocol``). The suite is the quick
 suite scaled to keep each benchmark under about two minutes on a 2-core machine (``[train]
 epochs`` 20 -> 5, ``[eval] n_examples`` 300 -> 100): the same cells, protocols and attacks, less
 work in each. ``ADVARENA_BENCH_SUITE=quick`` times the real quick suite (several minutes).
@@ -72,7 +73,31 @@ def run(suite: str, store: Path, defenses: tuple[str, ...]) -> dict:
     text = " ".join(proc.stdout.split())
     m = re.search(r"(\d+) cells run, (\d+) reused", text)
     assert m, text
-    return {"seconds": seconds, "cells_run": int(m.group(1)), "cells_reused": int(m.group(2))}
+    return {"seconds": seconds, "cells_run": int(m.group(1)), "cells_reused": int(m.group(2)),
+            "cell_seconds_by_protocol": by_protocol(store, re.search(r"run (\w+):", text)[1])}
+
+
+def by_protocol(store: Path, run_id: str) -> dict[str, float]:
+    """The seconds of the run's cells, summed by protocol (train cells by their role: the
+    defense's own, the reference, the shared models); the rest of the wall time is the
+    process (imports, loading, scheduling, the answer table)."""
+    from advarena.store import Store
+
+    s = Store.open(store, readonly=True)
+    try:
+        out: dict[str, float] = {}
+        for c in s.cells():
+            if c["run_id"] != run_id or c["status"] != "done":
+                continue
+            lab = c["labels"]
+            if c["kind"] == "train":
+                name = f"train {lab.get('role') or lab.get('defense')}"
+            else:
+                name = f"{c['kind']} {lab.get('protocol') or ''}".strip()
+            out[name] = round(out.get(name, 0.0) + c["seconds"], 2)
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+    finally:
+        s.close()
 
 
 @pytest.fixture(scope="module")

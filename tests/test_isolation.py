@@ -183,6 +183,49 @@ def test_hostile_defenses_and_metric_fail_only_their_own_cells(tmp_path, capsys,
     assert run["status"] == "incomplete"
 
 
+def _records(store: Path, protocol: str) -> list[tuple]:
+    s = Store.open(store, create=False)
+    try:
+        rows = [m for m in s.metrics() if m["protocol"] == protocol]
+    finally:
+        s.close()
+    return sorted((m["defense"], m["metric"], str(m["attack"]), m["eps"], m["value"])
+                  for m in rows if not m["metric"].startswith(TIMING))
+
+
+def test_protocol_writing_into_the_shared_dataset_fails_and_changes_no_other_number(
+        tmp_path, hostile_registry):
+    """Protocols read the process's cached dataset in place (no per-cell copy of the training
+    split). With every cell in one process (a worker would hide the write from the driver),
+    one that writes into it fails its own cell, and the cells after it, which read the
+    training split (minimal-perturbation's training-set distance) and the test split, store
+    exactly what a run without it stores."""
+    minimal = ('[protocols.minimal-perturbation]\nattacks = ["fgsm-minimal"]\n'
+               'eps_ref_model = "reference"\n')
+    results = {}
+    for name, first in (("A", ""), ("B", "[protocols.hostile-writes-data]\n")):
+        suite = suite_file(tmp_path, defenses=["none"], attacks=["fgsm"], training_cost=False,
+                           first_protocols=first, extra_protocols=minimal)
+        plan = make_plan(load_suite(str(suite)), hostile_registry)
+        if first:  # it must run before the cells it could corrupt
+            order = [c.title for c in plan.cells if c.kind == "eval"]
+            assert order[0] == "eval digits cnn-001 hostile-writes-data none", order
+        store = Store.open(tmp_path / name)
+        try:
+            env = Environment(hostile_registry, store, torch.device("cpu"))
+            summary = LocalExecutor(env, hostile_registry.pm.hook, isolate=False).run(plan)
+        finally:
+            store.close()
+        assert summary["failed"] == (1 if first else 0), summary
+        results[name] = {p: _records(tmp_path / name, p)
+                         for p in ("white-box", "minimal-perturbation")}
+        rows = by_title(tmp_path / name, plan)
+    bad = rows["eval digits cnn-001 hostile-writes-data none"]
+    assert bad["status"] == "failed" and "wrote into the shared dataset 'digits'" in bad["error"]
+    assert "protocol 'hostile-writes-data'" in bad["error"]
+    assert all(results["A"].values()) and results["B"] == results["A"]
+
+
 @pytest.fixture(scope="module")
 def attack_store(tmp_path_factory):
     """One store for the attack cases: the reference model is trained once and reused."""

@@ -224,13 +224,25 @@ def test_accuracy_at_eps_ref_is_plain_accuracy_on_perturbed_images():
 
 
 def test_the_default_eps_ref_model_is_the_deep_defense_train_cell_of_the_setting():
-    suite = load_suite("quick")
+    suite = load_suite("mnist")   # a paper suite: 002's eps_ref, from its Deep Defense model
+    assert "eps_ref_model" not in suite.protocols["minimal-perturbation"]
     plan = make_plan(suite, default_registry(), ["deep-defense", "none"],
                      ["minimal-perturbation"])
-    evals = {c.labels["defense"]: c for c in plan.cells if c.kind == "eval"}
+    evals = {(c.labels["defense"], c.labels["architecture"], c.labels["seed"]): c
+             for c in plan.cells if c.kind == "eval"}
     # Deep Defense is scored at its own eps_ref, the other models at that same one.
-    assert evals["deep-defense"].deps["shared:eps-ref"] == evals["deep-defense"].deps["model"]
-    assert evals["none"].deps["shared:eps-ref"] == evals["deep-defense"].deps["model"]
+    for (defense, arch, seed), cell in evals.items():
+        own = evals[("deep-defense", arch, seed)].deps["model"]
+        assert cell.deps["shared:eps-ref"] == own, (defense, arch, seed)
+
+
+def test_the_quick_suite_anchors_eps_ref_on_the_reference_and_trains_no_deep_defense():
+    plan = make_plan(load_suite("quick"), default_registry(), ["gda-brelu"])
+    assert not any(c.kind == "train" and c.labels.get("defense") == "deep-defense"
+                   for c in plan.cells)
+    (cell,) = [c for c in plan.cells if c.kind == "eval" and c.labels["defense"] == "gda-brelu"
+               and c.labels["protocol"] == "minimal-perturbation"]
+    assert "shared:eps-ref" not in cell.deps and "reference" in cell.deps
 
 
 # ---------------------------------------------------------------------------------------------

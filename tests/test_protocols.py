@@ -12,7 +12,8 @@ from advarena.evaluation import EvalContext, unpack_outcomes
 from advarena.models import Classifier
 from advarena.plan import make_plan
 from advarena.plugins import default_registry
-from advarena.protocols.minimal_perturbation import (eps_ref, fgsm_accuracy_curve,
+from advarena.protocols.minimal_perturbation import (eps_ref, eps_ref_search,
+                                                     fgsm_accuracy_curve,
                                                      nearest_train_distance)
 from advarena.sanity import compute_flags
 from advarena.suite import load_suite, shipped_suites
@@ -96,6 +97,23 @@ def test_loss_sensitivity_is_the_per_example_gradient_norm(setup):
         (g,) = torch.autograd.grad(loss, x)
         norms.append(g.norm())
     assert value == pytest.approx(float(torch.stack(norms).mean()), rel=1e-4)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 16, 2000])
+def test_eps_ref_early_stopping_scan_finds_the_full_grids_first_hit(setup, chunk):
+    """The chunked scan stops early; it must land on the grid point scoring the whole grid
+    finds (chunk sizes that do and do not divide the grid), and say when none is reached."""
+    model, _, data = setup
+    grid = torch.arange(0, 1.0 + 1e-2 / 2, 1e-2)
+    full = fgsm_accuracy_curve(model, data.x, data.y, grid, N)
+    first = float(grid[(full <= 0.5).nonzero()[0, 0]])
+    assert eps_ref_search(model, data.x, data.y, N, resolution=1e-2, chunk=chunk) == (
+        pytest.approx(first), True)
+    # A grid that stops short of the first hit: eps_max, not reached.
+    short = first - 2e-2
+    if short > 0:
+        assert eps_ref_search(model, data.x, data.y, N, eps_max=short, resolution=1e-2,
+                              chunk=chunk) == (short, False)
 
 
 def test_eps_ref_halves_the_reference_accuracy(setup):

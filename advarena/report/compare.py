@@ -86,7 +86,7 @@ from statistics import NormalDist
 from typing import Any
 
 from ..errors import AdvarenaError
-from ..evaluation import unpack_outcomes
+from ..evaluation import record_outcomes
 from ..stats import Z95, mcnemar_exact, wilson
 from ..text import markdown
 
@@ -399,21 +399,6 @@ def _num(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _outcomes(rec: dict[str, Any]) -> list[bool] | None:
-    """Per-example outcomes if present and consistent with the record's value and n."""
-    packed = (rec.get("extra") or {}).get("outcomes")
-    if not isinstance(packed, str):
-        return None
-    try:
-        bits = unpack_outcomes(packed)
-    except (ValueError, TypeError):
-        return None
-    n, v = rec.get("n"), _num(rec.get("value"))
-    if not bits or n != len(bits) or v is None or abs(sum(bits) / len(bits) - v) > 1e-9:
-        return None
-    return bits
-
-
 def _same_examples(b: dict[str, Any], h: dict[str, Any]) -> bool:
     """Whether two records of equal ``n`` score the same examples, as far as can be told."""
     fb = (b.get("extra") or {}).get("examples")
@@ -449,8 +434,8 @@ def _test(b: dict, h: dict, alpha: float) -> dict[str, Any]:
     out["change"] = d
     kind = _kind(b)
     if kind == "proportion":
-        ob, oh = _outcomes(b), _outcomes(h)
-        if ob is not None and oh is not None and len(ob) == len(oh) \
+        ob, oh = record_outcomes(b), record_outcomes(h)
+        if ob and oh and len(ob) == len(oh) \
                 and _same_examples(b, h):
             both = sum(1 for x, y in zip(ob, oh) if x and y)
             lost = sum(1 for x, y in zip(ob, oh) if x and not y)

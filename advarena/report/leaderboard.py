@@ -50,7 +50,7 @@ import jinja2
 import markupsafe
 
 from ..errors import AdvarenaError
-from ..evaluation import unpack_outcomes
+from ..evaluation import record_outcomes
 from ..plugins import Registry
 from ..store import Store
 from ..trainer import PASS_UNIT
@@ -335,7 +335,7 @@ def _seed_entry(model: _Model, head: dict, registry: Registry | None) -> dict[st
         "white_box": _stat(headline_rs.get("white_box_only_accuracy")),
         "score_based": _stat(headline_rs.get("score_only_accuracy")),
         "transfer": _stat(headline_rs.get("transfer_only_accuracy")),
-        "_bits": _outcome_bits(headline),
+        "_bits": record_outcomes(headline),
         "per_attack": per_attack, "black_box": black_box, "ensemble": ensemble,
         "ensemble_kept": kept,
         "rho_2": _stat(one("minimal-perturbation", "rho_2")),
@@ -352,17 +352,6 @@ def _seed_entry(model: _Model, head: dict, registry: Registry | None) -> dict[st
 def _is_sanity(r: dict) -> bool:
     """Records of the sanity-flag cells (``sanity``, ``sanity-minimal``)."""
     return r["protocol"] == "sanity" or str(r["protocol"]).startswith("sanity-")
-
-
-def _outcome_bits(r: dict | None) -> list[bool] | None:
-    packed = ((r or {}).get("extra") or {}).get("outcomes")
-    if not isinstance(packed, str):
-        return None
-    try:
-        bits = unpack_outcomes(packed)
-    except (TypeError, ValueError):
-        return None
-    return bits if len(bits) == r.get("n") else None
 
 
 def _member_arch(r: dict) -> str | None:

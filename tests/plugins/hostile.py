@@ -147,6 +147,17 @@ class HostileNaNMetric(Protocol):
         return [Measurement("hostile_metric", float("nan"), len(ctx.data))]
 
 
+class HostileWritesData(Protocol):
+    """Writes into the dataset the harness shares with every cell (read-only by contract)."""
+
+    name = "hostile-writes-data"
+
+    def evaluate(self, ctx):
+        ctx.splits.train.x.zero_()
+        ctx.splits.test.y.fill_(0)
+        return [Measurement("hostile_metric", 0.5, len(ctx.data))]
+
+
 @hookimpl
 def advarena_register_attacks():
     return [HostileRaise, HostileNaN, HostileShape, HostileOutOfBall, HostileHang, HostileCrash]
@@ -159,4 +170,4 @@ def advarena_register_defenses():
 
 @hookimpl
 def advarena_register_protocols():
-    return [HostileNaNMetric]
+    return [HostileNaNMetric, HostileWritesData]

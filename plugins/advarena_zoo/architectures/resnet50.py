@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-import torchvision
 from torch import nn
 
 from advarena.api.data import DatasetInfo
 from advarena.models import ActivationFactory
 
 from .layers import ZooArchitecture
+
+if TYPE_CHECKING:  # torchvision pulls in torch._dynamo (1.4 s): imported only to build one
+    import torchvision
 
 SMALL_INPUT = 64  # below this side the ImageNet stem would shrink the map 4x too early
 
@@ -19,7 +23,7 @@ class _Bottleneck(nn.Module):
     single ``self.relu`` three times, which a module swap could not tell apart. Parameter
     names match torchvision's, so its state dicts load."""
 
-    def __init__(self, block: torchvision.models.resnet.Bottleneck,
+    def __init__(self, block: "torchvision.models.resnet.Bottleneck",
                  activation: ActivationFactory) -> None:
         super().__init__()
         self.conv1, self.bn1 = block.conv1, block.bn1
@@ -57,6 +61,8 @@ class ResNet50(ZooArchitecture):
 
     def build(self, info: DatasetInfo, activation: ActivationFactory = nn.ReLU) -> nn.Module:
         c, h, w = self.check_input(info)
+        import torchvision
+
         net = torchvision.models.resnet50(weights=None, num_classes=info.num_classes)
         if min(h, w) < SMALL_INPUT:
             net.conv1 = nn.Conv2d(c, 64, 3, stride=1, padding=1, bias=False)
