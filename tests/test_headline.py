@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from advarena.cli.main import main
-from advarena.evaluation import accuracy_measurement
+from advarena.evaluation import accuracy_measurement, record_outcomes, unpack_outcomes
 from advarena.headline import HeadlineError, compute_headline
 from advarena.plan import make_plan
 from advarena.plugins import Registry, make_plugin_manager
-from advarena.store import Store
+from advarena.store import Store, inconsistency
 from advarena.suite import load_suite
 
 # digits, cnn-001, 2 epochs on half the data; white-box: a CE attack, a DLR attack (scale-free)
@@ -303,3 +303,39 @@ def compute_flags_of(out):
              "attack": m.attack, "eps": m.eps, "ci_low": m.ci_low, "ci_high": m.ci_high,
              "extra": m.extra} for m in out.values()]
     return compute_flags(flat, [], {"fgsm"})
+
+
+@pytest.mark.parametrize("fault", ["none", "value", "n", "too-many-bits", "not-hex", "no-colon",
+                                   "negative", "not-a-string"])
+def test_one_outcome_reader_refuses_exactly_what_the_store_refuses(fault):
+    """Headline, flags, leaderboard and compare read packed outcomes through one reader; it
+    returns the bits of a consistent record and None for every planted inconsistency, in
+    agreement with the store's own check on write and read."""
+    mask = torch.tensor([True, False, True, True, False, True, True])
+    m = accuracy_measurement("accuracy", mask)
+    rec = {"metric": m.metric, "value": m.value, "n": m.n, "ci_low": m.ci_low,
+           "ci_high": m.ci_high, "extra": dict(m.extra)}
+    packed = rec["extra"]["outcomes"]
+    if fault == "value":
+        rec["value"] = 6 / 7
+    elif fault == "n":
+        rec["n"] = 8
+    elif fault == "too-many-bits":
+        rec["extra"]["outcomes"] = f"3:{packed.split(':')[1]}"
+        rec["n"], rec["value"] = 3, 1.0
+    elif fault == "not-hex":
+        rec["extra"]["outcomes"] = "7:zz"
+    elif fault == "no-colon":
+        rec["extra"]["outcomes"] = "7"
+    elif fault == "negative":
+        rec["extra"]["outcomes"] = "-7:5"
+    elif fault == "not-a-string":
+        rec["extra"]["outcomes"] = 93
+    bits = record_outcomes(rec)
+    store_says = inconsistency(rec["metric"], rec["value"], rec["n"], rec["ci_low"],
+                               rec["ci_high"], rec["extra"])
+    if fault == "none":
+        assert bits == mask.tolist() == unpack_outcomes(packed) and store_says is None
+    else:
+        assert bits is None, fault
+        assert store_says is not None, fault
