@@ -183,6 +183,16 @@ def test_hostile_defenses_and_metric_fail_only_their_own_cells(tmp_path, capsys,
     assert run["status"] == "incomplete"
 
 
+def run_local(registry: Registry, plan, store_path: Path, **executor) -> dict:
+    """Run ``plan`` through a LocalExecutor on the CPU into the store at ``store_path``."""
+    store = Store.open(store_path)
+    try:
+        env = Environment(registry, store, torch.device("cpu"))
+        return LocalExecutor(env, registry.pm.hook, **executor).run(plan)
+    finally:
+        store.close()
+
+
 def _records(store: Path, protocol: str) -> list[tuple]:
     s = Store.open(store, create=False)
     try:
@@ -210,12 +220,7 @@ def test_protocol_writing_into_the_shared_dataset_fails_and_changes_no_other_num
         if first:  # it must run before the cells it could corrupt
             order = [c.title for c in plan.cells if c.kind == "eval"]
             assert order[0] == "eval digits cnn-001 hostile-writes-data none", order
-        store = Store.open(tmp_path / name)
-        try:
-            env = Environment(hostile_registry, store, torch.device("cpu"))
-            summary = LocalExecutor(env, hostile_registry.pm.hook, isolate=False).run(plan)
-        finally:
-            store.close()
+        summary = run_local(hostile_registry, plan, tmp_path / name, isolate=False)
         assert summary["failed"] == (1 if first else 0), summary
         results[name] = {p: _records(tmp_path / name, p)
                          for p in ("white-box", "minimal-perturbation")}
@@ -287,12 +292,7 @@ def test_worker_process_gives_the_same_results_as_in_process(tmp_path):
     plan = make_plan(load_suite(str(TINY)), registry, ["none"])
     results = {}
     for mode, timeout in (("in-process", None), ("worker", 600.0)):
-        store = Store.open(tmp_path / mode)
-        try:
-            env = Environment(registry, store, torch.device("cpu"))
-            summary = LocalExecutor(env, registry.pm.hook, cell_timeout=timeout).run(plan)
-        finally:
-            store.close()
+        summary = run_local(registry, plan, tmp_path / mode, cell_timeout=timeout)
         assert summary["done"] == len(plan.cells) and not summary["failed"], summary
         results[mode] = _comparable(tmp_path / mode)
     assert results["worker"]["metrics"] and results["worker"]["artifacts"]
