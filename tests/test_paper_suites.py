@@ -104,6 +104,9 @@ SUITE = [
     ("svhn", "attacks.ifgsm.steps", 10),         # 004 Table 3 (k = 10)
     ("mnist", "protocols.white-box.headline_eps", 0.3),      # 001/003/004 at 0.3
     ("mnist", "attacks.ifgsm.steps", 30),        # 004 Table 1 (k = 30)
+    # 001 Table 2: the minimal FGSM's search stops at 0.3 (sec. 4.3), in both variants
+    ("paper-001-t2", "attacks.fgsm-minimal.eps_max", 0.3),
+    ("paper-001-t2-reduced", "attacks.fgsm-minimal.eps_max", 0.3),
 ]
 # Attack budgets a paper reports that its suite's white-box sweep must include.
 SWEEPS = [
