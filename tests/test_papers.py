@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from advarena import papers
+from advarena.report.papers import build
 from advarena.evaluation import accuracy_measurement, mean_measurement
 from advarena.store import Store
 from test_cli import invoke  # main() in this process: (exit status, stdout, stderr)
@@ -287,3 +288,26 @@ def test_records_of_another_papers_suite_are_not_matched(tmp_path, capsys):
     assert table(res, "003-t1")["summary"]["measured"] == 0
     assert table(res, "003-t1")["suites_run"] == []
     assert cell(table(res, "002-t1"), "lenet.ref.acc")["measured"]["value"] == pytest.approx(99.0)
+
+
+def test_the_latest_run_and_the_full_suite_win_not_the_most_examples(tmp_path):
+    """A suite edited and run again replaces its numbers even where its mean counts fewer
+    examples (fewer successful attacks); a run of the full suite wins over the reduced one."""
+    store = Store.open(tmp_path / "s")
+    g = torch.Generator().manual_seed(0)
+
+    def rho(value: float, n: int):
+        return [mean_measurement("rho_2", value + 0.001 * torch.randn(n, generator=g,
+                                                                       dtype=torch.float64),
+                                 attack="deepfool")]
+
+    plant(store, "old", "none", "minimal-perturbation", rho(0.30, N))
+    plant(store, "new", "none", "minimal-perturbation", rho(0.10, N - 7))
+    t = table(build(store, ["002-t1"]), "002-t1")
+    assert cell(t, "mlp.ref.rho2")["measured"]["value"] == pytest.approx(0.10, abs=1e-3)
+    plant(store, "full", "none", "minimal-perturbation", rho(0.20, N - 50),
+          suite="paper-002-t1")
+    plant(store, "newer", "none", "minimal-perturbation", rho(0.40, N))  # reduced again
+    t = table(build(store, ["002-t1"]), "002-t1")
+    assert cell(t, "mlp.ref.rho2")["measured"]["value"] == pytest.approx(0.20, abs=1e-3)
+    store.close()

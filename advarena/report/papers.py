@@ -10,8 +10,10 @@ Choices:
 * Only records produced by a run of the table's suite or reduced suite (by the suite's
   ``name``) are read: a LeNet trained by 002's suite is not 003's LeNet-5. A suite of your own
   counts if it carries one of those names.
-* Records a cell matches are grouped by seed; within a seed the record with the most examples
-  wins (a full run beside a reduced one), the latest on a tie. Over seeds the value is the mean
+* Records a cell matches are grouped by seed; within a seed a record of the full suite wins
+  over one of the reduced suite, and among those the latest stored wins (a suite edited and
+  run again replaces its earlier numbers; the number of examples cannot decide, since a mean
+  over the successful attacks counts fewer examples when more fail). Over seeds the value is the mean
   and the interval spans every seed's interval (:func:`advarena.report.leaderboard.aggregate`).
 * "Inside" compares the published value, as printed (rounded), with the 95% interval of the
   measurement (Wilson for accuracies, bootstrap for means), in the paper's unit. A number stored
@@ -79,12 +81,14 @@ def _matches(m: dict[str, Any], rec: dict[str, Any], specs: dict[str, dict]) -> 
     return True
 
 
-def _per_seed(records: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
-    """One record per seed: the most examples, then the latest."""
+def _per_seed(records: list[dict[str, Any]], full: set[str] = frozenset()
+              ) -> dict[int, dict[str, Any]]:
+    """One record per seed: one of a run in ``full`` (the full suite's runs) before the
+    others, then the latest."""
     out: dict[int, dict[str, Any]] = {}
     for rec in records:  # store order: oldest first
         old = out.get(rec["seed"])
-        if old is None or (rec.get("n") or 0) >= (old.get("n") or 0):
+        if old is None or (rec.get("run_id") in full) >= (old.get("run_id") in full):
             out[rec["seed"]] = rec
     return out
 
@@ -239,7 +243,8 @@ def build(store: Store, table_ids: list[str] | None = None, *, include_unrun: bo
         cells = {c["id"]: c for c in table["cells"]}
         own = (table["suite"], table["reduced_suite"])
         mine = [r for r in records if ran.get(r.get("run_id")) in own]
-        seeds = {cid: _per_seed([r for r in mine if _matches(c["match"], r, specs)])
+        full = {run for run, name in ran.items() if name == table["suite"]}
+        seeds = {cid: _per_seed([r for r in mine if _matches(c["match"], r, specs)], full)
                  for cid, c in cells.items()}
         results = {cid: _cell_result(cells[cid], seeds[cid]) for cid in cells}
         suites = [s for s in own if s in ran.values()]
