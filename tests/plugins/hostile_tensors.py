@@ -13,8 +13,9 @@ Protocols: ``wb-inplace`` is white-box with ``hostile-inplace``, ``hostile-label
 ``fgsm`` (in that order), ``wb-one-minus`` and ``wb-zero-weights`` white-box with one hostile
 attack each (and ``wb-nograd``, ``wb-flags``, ``wb-exit0`` for the attacks of
 ``hostile_state`` and ``hostile_exit``); ``hostile-zero-protocol`` zeroes the defended model's weights itself;
-``hostile-data-protocol`` writes into the cached dataset (``ctx.splits``, ``ctx.train``) and
-the train records, then reports a valid metric.
+``hostile-data-protocol`` writes into the cached dataset (``ctx.splits``, ``ctx.train``, lent
+in place and fingerprinted, so its cells fail) and the train records, then reports a valid
+metric.
 """
 
 from __future__ import annotations
