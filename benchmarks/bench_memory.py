@@ -13,19 +13,15 @@ one block of 256; the time is linear in it, and 10,000 queries take minutes on a
 ``ADVARENA_BENCH_QUERIES=10000`` measures the full count. CPU only (torch's CPU allocator).
 
 The second half measures every protocol's peak memory at an MNIST-sized training set (see
-``PROTOCOL_SCRIPT`` below). Measured on the 2-core CPU, 2026-12-01, synthetic MNIST-shaped
-data, 200 evaluation examples in batches of 100, peak resident set during the protocol over
-the resident set before it, at 20,000 / 60,000 training images: white-box 24 / 24 MiB,
-black-box 22 / 22, ensemble-transfer 24 / 24, loss-sensitivity 50 / 50, minimal-perturbation
-114 / 232 and training-cost 115 / 235 (these two copy the training set, through
-``EvalContext.train`` and ``EvalContext.splits``: one copy of the 40,000 added images is
-120 MiB; marked xfail until fixed). On an EvalContext without that copy and the real MNIST
-files, minimal-perturbation measured 52 / 52 MiB. Merged with main of the same day (real MNIST
-through its loader): white-box 23 / 23, black-box 21 / 21, ensemble-transfer 23 / 23,
-loss-sensitivity 49 / 49, training-cost 113 / 233 and minimal-perturbation 211 / 438 (its
-``training_split`` cloned the whole splits, then cut the hold-out: about two copies; it now
-gathers the model's training rows one block at a time, which leaves the one private copy that
-``EvalContext.splits`` makes for isolation, not yet re-measured).
+``PROTOCOL_SCRIPT`` below): the peak resident set during the protocol over the resident set
+before it, at 20,000 / 60,000 training images, 200 evaluation examples in batches of 100.
+Measured on the 2-core CPU, 2026-12-02, real MNIST through its loader: white-box 26 / 26 MiB,
+black-box 22 / 22, ensemble-transfer 23 / 23, minimal-perturbation 134 / 134, loss-sensitivity
+52 / 52, training-cost 173 / 173. Flat in the training set for every protocol: the evaluation
+context lends the cached dataset in place (fingerprinted, not copied; on 2026-12-01, when it
+still copied, minimal-perturbation measured 211 / 438 and training-cost 113 / 233), the
+training-set distance gathers one block of training rows at a time, and the training-cost
+timing trains on a fixed subset.
 
 Run: ``pytest benchmarks -k memory --benchmark-only -s``.
 """
