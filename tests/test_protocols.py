@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 import advarena
-from advarena.api.data import TensorData
 from advarena.evaluation import EvalContext, unpack_outcomes
 from advarena.models import Classifier
 from advarena.plan import make_plan

@@ -20,7 +20,6 @@ metric.
 
 from __future__ import annotations
 
-import torch
 
 from advarena.api import Attack, Defense, Measurement, Protocol, ThreatModel
 from advarena.hookimpl import hookimpl
